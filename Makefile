@@ -1,0 +1,35 @@
+# The README's two commands: `make book` (set up, then build the whole site strictly, every chapter
+# executed) and `make test` (set up, then unit tests plus every chapter under nbmake).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+NB_DIR  = build/nb
+CHAPTERS = $(wildcard chapters/*.md)
+
+.PHONY: setup book test notebooks benchmark clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+book: setup
+	$(BIN)/jupyter-book build . --all -W -n --keep-going
+
+notebooks: setup
+	rm -rf $(NB_DIR) && mkdir -p $(NB_DIR)
+	for f in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb -o $(NB_DIR)/$$(basename $$f .md).ipynb $$f; done
+
+test: notebooks
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  $(BIN)/python -m pytest -n 2 --nbmake --nbmake-timeout=1800 tests $(NB_DIR)
+
+benchmark: setup
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python benchmarks/bp_throughput.py
+
+clean:
+	rm -rf _build build .jupyter_cache

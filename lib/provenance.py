@@ -1,0 +1,44 @@
+"""Which profile, code and software produced a page: read by every chapter's last cell."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PROFILES = ("laptop", "paper")
+_PACKAGES = ("numpy", "scipy", "pandas", "matplotlib", "seaborn", "torch", "jupyter-book")
+
+
+def profile() -> str:
+    """The run profile named by the ``BOOK_PROFILE`` environment variable (default ``laptop``)."""
+    name = os.environ.get("BOOK_PROFILE", "laptop")
+    if name not in PROFILES:
+        raise ValueError(f"BOOK_PROFILE must be one of {PROFILES}, got {name!r}")
+    return name
+
+
+def git_commit() -> str:
+    """Commit of the checkout the library was imported from, with ``+dirty`` for local edits."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def environment() -> dict:
+    """Profile, commit, machine and package versions as a flat dictionary."""
+    env = {"profile": profile(), "commit": git_commit(), "python": platform.python_version(),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+    for name in _PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = "not installed"
+    return env
