@@ -86,6 +86,50 @@ def path_marginals(M: np.ndarray, k: int) -> np.ndarray:
     return T
 
 
+def _subpath(M_L: np.ndarray, M_R: np.ndarray, bits: int, length: int) -> np.ndarray:
+    """Transition matrix along ``length`` steps whose directions are the bits of ``bits`` (MSB first)."""
+    P = np.eye(len(M_L))
+    for t in range(length - 1, -1, -1):
+        P = P @ (M_R if (bits >> t) & 1 else M_L)
+    return P
+
+
+def pair_marginals(M: np.ndarray, depth: int, k: int = 0) -> np.ndarray:
+    """Exact joint laws of every pair of leaves under the ``k``-filtered model.
+
+    Leaves ``i`` and ``j`` meet at their lowest common ancestor, ``h = bit_length(i ^ j)`` levels
+    above the leaves. If that ancestor lies below level ``k`` the pair is generated as in the full
+    model (root -> ancestor -> one rule -> two paths); otherwise the two leaves are independent
+    given the root.
+
+    Returns
+    -------
+    numpy.ndarray, shape (2**depth, 2**depth, q, q)
+        ``P[i, j, x, y] = P(leaf i = x, leaf j = y)``; the diagonal blocks are ``diag(P(leaf i))``.
+    """
+    M = check_grammar(M)
+    depth = check_int("depth", depth, 0)
+    k = check_int("k", k, 0, depth)
+    q, L = M.shape[0], 2**depth
+    M_L, M_R = child_marginals(M)
+    prior = np.full(q, 1.0 / q)
+    T = path_marginals(M, depth)                                   # root -> leaf, (L, q, q)
+    P = np.zeros((L, L, q, q))
+    for i in range(L):
+        P[i, i] = np.diag(prior @ T[i])
+        for j in range(i + 1, L):
+            h = (i ^ j).bit_length()
+            if depth - h < k:
+                P[i, j] = np.einsum("a,ax,ay->xy", prior, T[i], T[j])
+            else:
+                top = prior @ _subpath(M_L, M_R, i >> h, depth - h)                 # ancestor law
+                D_i = _subpath(M_L, M_R, i, h - 1)                                   # left child -> i
+                D_j = _subpath(M_L, M_R, j, h - 1)                                   # right child -> j
+                P[i, j] = np.einsum("z,zbc,bx,cy->xy", top, M, D_i, D_j)
+            P[j, i] = P[i, j].T
+    return P
+
+
 _BINS = 1024          # resolution of the inverse-CDF lookup tables
 _CHUNK = 1 << 14      # trees drawn per vectorised block (keeps temporaries in cache)
 
