@@ -6,6 +6,9 @@ BIN     = $(VENV)/bin
 NB_DIR  = build/nb
 CHAPTERS = $(wildcard chapters/*.md)
 
+MATHJAX_VERSION = 3.2.2
+MATHJAX = build/vendor/mathjax
+
 .PHONY: setup book test notebooks benchmark clean
 
 setup: $(VENV)/.installed
@@ -17,8 +20,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
-book: setup
+book: setup $(MATHJAX)/tex-mml-chtml.js
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
+
+# MathJax is vendored from the npm registry into the site so that math renders offline.
+$(MATHJAX)/tex-mml-chtml.js:
+	rm -rf build/npm && mkdir -p build/npm $(MATHJAX)
+	cd build/npm && npm pack --silent mathjax@$(MATHJAX_VERSION) > /dev/null
+	tar xzf build/npm/mathjax-$(MATHJAX_VERSION).tgz -C build/npm
+	cp -r build/npm/package/es5/output build/npm/package/es5/tex-mml-chtml.js $(MATHJAX)/
 
 notebooks: setup
 	rm -rf $(NB_DIR) && mkdir -p $(NB_DIR)
