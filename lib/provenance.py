@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 PROFILES = ("laptop", "paper")
-_PACKAGES = ("numpy", "scipy", "pandas", "matplotlib", "seaborn", "torch", "jupyter-book")
+_PACKAGES = ("numpy", "scipy", "pandas", "matplotlib", "seaborn", "torch", "gensim", "jupyter-book")
 
 
 def profile() -> str:
