@@ -9,7 +9,7 @@ CHAPTERS = $(wildcard chapters/*.md)
 MATHJAX_VERSION = 3.2.2
 MATHJAX = build/vendor/mathjax
 
-.PHONY: setup book test notebooks benchmark clean
+.PHONY: setup book test notebooks benchmark models clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,12 @@ test: notebooks
 
 benchmark: setup
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python benchmarks/bp_throughput.py
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python benchmarks/train_throughput.py
+
+# Regenerate every stored transformer of a profile (data/models/); PROFILE=paper for the GPU sizes.
+PROFILE ?= laptop
+models: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/regenerate_models.py --profile $(PROFILE)
 
 clean:
 	rm -rf _build build .jupyter_cache

@@ -1,0 +1,71 @@
+"""Tests of lib.store: exact round trips, config-keyed reuse, and refusal of stale entries."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lib import config, store, train
+from lib.config import TrainConfig
+from lib.transformer import ModelConfig
+
+torch.set_num_threads(1)          # tiny models on a shared CPU: one thread is fastest
+
+TINY = TrainConfig(model=ModelConfig(vocab=3, seq_len=8, n_classes=3, d_model=8, n_layers=1,
+                                     n_heads=2, d_ff=16, dropout=0.0),
+                   q=3, depth=3, n_steps=12, batch_size=32, warmup_steps=2, n_test=64,
+                   n_monitor=32, n_evals=3, eval_every=6)
+
+
+def test_key_depends_on_every_field():
+    assert store.key(TINY) == store.key(replace(TINY))
+    others = [replace(TINY, lr=1e-3), replace(TINY, mask_seed=1), replace(TINY, n_train=64),
+              replace(TINY, model=replace(TINY.model, d_ff=17))]
+    assert len({store.key(c) for c in [TINY, *others]}) == 5
+
+
+def test_load_or_train_trains_once_then_reuses(tmp_path):
+    assert store.load(TINY, tmp_path) is None
+    model, history, prov = store.load_or_train(TINY, tmp_path, progress=False)
+    assert {"commit", "device", "train_s", "torch", "created"} <= set(prov)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [f"{store.key(TINY)}.{ext}" for ext in ("csv", "json", "pt")]
+    again, history2, _ = store.load_or_train(TINY, tmp_path, progress=False)
+    pd.testing.assert_frame_equal(history, history2)
+    x = torch.randint(3, (5, 8))
+    assert torch.equal(model(x), again(x))
+    # the stored weights reproduce the stored final evaluation
+    logp = train.log_probs(again, train.test_sets(TINY, train.grammar(TINY))[0][1])
+    final = history[(history.step == TINY.n_steps) & (history.k_test == 0)].iloc[0]
+    assert final.loss == pytest.approx(-logp.numpy()[np.arange(64), train.test_sets(
+        TINY, train.grammar(TINY))[0][0]].mean(), rel=1e-5)
+
+
+def test_a_stale_entry_is_never_used(tmp_path):
+    store.load_or_train(TINY, tmp_path, progress=False)
+    record = tmp_path / f"{store.key(TINY)}.json"
+    meta = json.loads(record.read_text())
+    meta["config"]["lr"] = 0.5                                  # an entry edited or written by other code
+    record.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="stale"):
+        store.load(TINY, tmp_path)
+    meta["config"]["lr"], meta["format"] = TINY.lr, store.FORMAT - 1
+    record.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="stale"):
+        store.load_or_train(TINY, tmp_path, progress=False)
+
+
+def test_a_different_config_is_not_served_from_the_store(tmp_path):
+    store.load_or_train(TINY, tmp_path, progress=False)
+    assert store.load(replace(TINY, init_seed=3), tmp_path) is None
+
+
+def test_bundled_laptop_entries_match_their_configs():
+    """Every stored laptop run loads (its stored config is exactly the current one)."""
+    for cfg in config.chapter4_runs("laptop").values():
+        entry = store.load(cfg)
+        if entry is not None:
+            history = entry[1]
+            assert history.step.max() == cfg.n_steps

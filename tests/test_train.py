@@ -1,0 +1,137 @@
+"""Tests of lib.train and lib.config: seeding, masking, disjoint test sets, evaluation against BP."""
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lib import config, train, tree
+from lib.config import TrainConfig
+from lib.transformer import ModelConfig, Transformer
+
+torch.set_num_threads(1)          # tiny models on a shared CPU: one thread is fastest
+
+
+def tiny(task="root", depth=3, **fields):
+    """A run of a few seconds: q = 3, 2**depth leaves, a one-layer encoder."""
+    model = ModelConfig(vocab=3 + (task == "mlm"), seq_len=2**depth, n_classes=3, task=task,
+                        d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0)
+    base = TrainConfig(model=model, q=3, depth=depth, n_steps=60, batch_size=64, lr=1e-2,
+                       warmup_steps=5, n_test=256, n_monitor=128, n_evals=4, eval_every=20)
+    return replace(base, **fields)
+
+
+@pytest.mark.parametrize("task", ["root", "mlm"])
+def test_loss_falls_and_history_is_tidy(task):
+    _, history, info = train.train(tiny(task), progress=False)
+    assert list(history.columns) == ["step", "seqs", "wall_s", "k_test", "n_test", "loss", "accuracy"]
+    assert set(history.k_test) == {0, 1, 2, 3}
+    assert list(history.step.unique()) == list(train.eval_steps(tiny(task)))
+    k0 = history[history.k_test == 0].set_index("step")
+    assert k0.loss.iloc[-1] < k0.loss.iloc[0] - 0.1
+    assert k0.n_test.iloc[-1] == 256 and k0.n_test.iloc[0] == 128   # full test set at the end
+    assert info["train_s"] > 0
+
+
+def test_same_seeds_same_history_and_each_seed_matters():
+    cfg = tiny("mlm", n_steps=20)
+    runs = {name: train.train(replace(cfg, **{name: 5}), progress=False)[1]
+            for name in ("data_seed", "init_seed", "mask_seed")}
+    first = train.train(cfg, progress=False)[1].drop(columns="wall_s")
+    again = train.train(cfg, progress=False)[1].drop(columns="wall_s")
+    pd.testing.assert_frame_equal(first, again)
+    for name, history in runs.items():
+        assert not np.allclose(history.loss, first.loss), name
+
+
+def test_training_draws_never_repeat_a_test_sequence():
+    cfg = tiny(depth=2, n_steps=10)
+    M = train.grammar(cfg)
+    tests = train.test_sets(cfg, M)
+    exclude = np.concatenate([train._codes(x, cfg.q) for _, x in tests.values()])
+    batches = train._batches(cfg, M, exclude)
+    seen = np.concatenate([train._codes(next(batches)[1], cfg.q) for _ in range(30)])
+    assert not np.isin(seen, exclude).any()
+    # depth 2, q 3: only 81 strings exist, so without the rejection most draws would be test sequences
+    assert np.isin(train._codes(tree.sample(M, 2, 1000, seed=9)[1], 3), exclude).mean() > 0.5
+
+
+def test_fixed_training_set_is_cycled():
+    cfg = tiny(n_train=128)
+    M = train.grammar(cfg)
+    batches = train._batches(cfg, M, np.array([], dtype=np.int64))
+    codes = [set(train._codes(next(batches)[1], 3)) for _ in range(4)]
+    assert codes[0] | codes[1] == codes[2] | codes[3]        # two batches per epoch, same set
+
+
+def test_mlm_inputs_mask_exactly_one_token_and_keep_its_target():
+    cfg = tiny("mlm")
+    roots, leaves = tree.sample(train.grammar(cfg), 3, 50, seed=1)
+    x, y, pos = train._inputs(cfg, roots, leaves, torch.Generator().manual_seed(0))
+    assert ((x == cfg.model.mask_id).sum(1) == 1).all()
+    assert (x[torch.arange(50), pos] == 3).all()
+    assert (y.numpy() == leaves[np.arange(50), pos.numpy()]).all()
+    assert (x.numpy() == np.where(x.numpy() == 3, x.numpy(), leaves)).all()
+
+
+def test_mlm_log_probs_never_see_the_target():
+    """Position i's prediction is read with x_i masked: changing x_i leaves it unchanged."""
+    cfg = tiny("mlm")
+    model = Transformer(cfg.model)
+    leaves = np.array([[0, 1, 2, 0, 1, 1, 2, 0]] * 3)
+    leaves[1, 2], leaves[2, 2] = 0, 1
+    logp = train.log_probs(model, leaves)
+    assert logp.shape == (3, 8, 3)
+    assert np.allclose(logp[0, 2], logp[1, 2]) and np.allclose(logp[0, 2], logp[2, 2])
+    assert not np.allclose(logp[0, 0], logp[1, 0])             # other positions do see x_2
+
+
+def test_bp_reference_is_exact_on_the_full_model():
+    ref = train.bp_reference(replace(tiny(), q=4, depth=4, model=config.model_config("root", "laptop")))
+    table = ref.pivot(index="k_model", columns="k_test", values="accuracy")
+    assert table.loc[0, 0] == 1.0                               # unambiguous grammar: BP parses the root
+    assert (np.diag(table) >= table.max(axis=0) - 0.02).all()   # matched model is (near) best per column
+
+
+def test_lr_schedule_and_eval_steps():
+    cfg = tiny(n_steps=100, warmup_steps=10, lr_final=0.05)
+    assert train.lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert train.lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert train.lr_factor(cfg, 100) == pytest.approx(0.05)
+    steps = train.eval_steps(cfg)
+    assert steps[0] == 0 and steps[-1] == 100 and (np.diff(steps) > 0).all()
+
+
+def test_nearest_bp_row_and_time_to_accuracy():
+    ref = pd.DataFrame([{"k_model": m, "k_test": t, "accuracy": 1.0 - 0.1 * abs(m - t)}
+                        for m in range(3) for t in range(3)])
+    hist = pd.concat([ref[ref.k_model == m].assign(step=s, wall_s=2.0 * s).drop(columns="k_model")
+                      for s, m in enumerate([2, 1, 0])])
+    rows = train.nearest_bp_row(hist, ref)
+    assert list(rows.k_model) == [2, 1, 0] and np.allclose(rows.distance, 0)
+    assert train.time_to_accuracy(hist, 0, 0.95) == 4.0
+    assert np.isnan(train.time_to_accuracy(hist, 0, 1.5))
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"k_train": 4}, "k_train must be in 0..3"),
+    ({"q": 4}, "n_classes = q"),
+    ({"n_monitor": 512}, "n_monitor"),
+    ({"n_train": 10}, "n_train"),
+    ({"lr_final": 2.0}, "lr_final"),
+])
+def test_bad_training_config_raises(fields, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**fields)
+
+
+def test_profiles():
+    laptop, paper = (config.train_config("root", p) for p in ("laptop", "paper"))
+    assert (paper.model.d_model, paper.model.n_heads, paper.model.d_ff, paper.model.dropout) == (128, 1, 2048, 0.1)
+    assert (paper.lr, paper.batch_size, paper.n_train, paper.lr_final) == (1e-4, 32, 2**17, 1.0)
+    assert paper.n_steps == 200 * 2**17 // 32
+    assert laptop.n_train is None and laptop.model.n_heads == 4
+    assert config.train_config("mlm", "paper").n_train == 2**18
+    with pytest.raises(ValueError, match="profile"):
+        config.train_config("root", "desktop")
