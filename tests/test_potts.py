@@ -1,0 +1,277 @@
+"""Tests of lib.potts against exact answers: enumeration, energy differences, identities."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from lib import potts
+
+L, Q, BETA = 4, 3, 1.2
+
+
+@pytest.fixture(scope="module")
+def model():
+    J, U = potts.random_couplings(L, Q, seed=3)
+    return J, U, BETA
+
+
+def conditionals_from_energy(J, U, beta, s):
+    """log p(s_i = a | s_-i) from Hamiltonian differences only (independent of the local-field formula)."""
+    n, L = s.shape
+    q = U.shape[0]
+    out = np.empty((n, L, q))
+    for i in range(L):
+        for a in range(q):
+            t = s.copy()
+            t[:, i] = a
+            out[:, i, a] = -beta * potts.energy(J, U, t)
+    return out - np.logaddexp.reduce(out, axis=2, keepdims=True)
+
+
+def set_layer(J, U, beta):
+    layer = potts.FactoredAttention(J.shape[0], U.shape[0]).double()
+    with torch.no_grad():
+        layer.scores.copy_(torch.tensor(beta * J))
+        layer.V.copy_(torch.tensor(U))
+    return layer
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, match", [
+    (lambda J, U, b: (J + np.triu(np.ones_like(J), 1), U, b), "J must be symmetric"),
+    (lambda J, U, b: (J + np.eye(len(J)), U, b), "J must have a zero diagonal"),
+    (lambda J, U, b: (J, U + np.triu(np.ones_like(U), 1), b), "U must be symmetric"),
+    (lambda J, U, b: (J, U[:1, :1], b), "q must be >= 2"),
+    (lambda J, U, b: (J[:1, :1], U, b), "L must be >= 2"),
+    (lambda J, U, b: (J, U, -0.1), "beta must be a finite number >= 0"),
+    (lambda J, U, b: (J, U, np.nan), "beta must be a finite number"),
+    (lambda J, U, b: (J[:, :2], U, b), r"J must be a square matrix of shape \(L, L\)"),
+    (lambda J, U, b: (J, U[None], b), r"U must be a square matrix of shape \(q, q\)"),
+    (lambda J, U, b: (J * np.nan, U, b), "J must be finite"),
+])
+def test_bad_parameters_rejected(model, change, match):
+    with pytest.raises(ValueError, match=match):
+        potts.check_potts(*change(*model))
+    with pytest.raises(ValueError, match=match):
+        potts.sample(*change(*model), n=2)
+
+
+def test_bad_sequences_and_sizes_rejected(model):
+    J, U, beta = model
+    with pytest.raises(ValueError, match=r"s must have shape \(n, 4\)"):
+        potts.neg_log_pseudolikelihood(J, U, beta, np.zeros(L, dtype=int))
+    with pytest.raises(ValueError, match=r"colours must be in 0\.\.2"):
+        potts.neg_log_pseudolikelihood(J, U, beta, np.full((1, L), Q))
+    with pytest.raises(ValueError, match="integer colours"):
+        potts.energy(J, U, np.zeros((1, L)))
+    with pytest.raises(ValueError, match="n must be in >= 1"):
+        potts.sample(J, U, beta, 0)
+    with pytest.raises(ValueError, match="thin must be in >= 1"):
+        potts.sample(J, U, beta, 5, thin=0)
+    with pytest.raises(ValueError, match=r"q must be in >= 2"):
+        potts.random_couplings(5, 1)
+    with pytest.raises(ValueError, match="enumeration needs"):
+        potts.enumerate_states(*potts.random_couplings(23, 2), 1.0)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+        potts.pl_objective(J, U, np.zeros((1, L), dtype=int), lam=-1.0)
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+def test_random_couplings_are_valid_and_seeded():
+    J, U = potts.random_couplings(30, 5, seed=1)
+    potts.check_potts(J, U, 1.0)
+    assert np.allclose(J[np.triu_indices(30, 1)].var(), 1 / 30, rtol=0.2)
+    assert not np.array_equal(J, potts.random_couplings(30, 5, seed=2)[0])
+    assert np.array_equal(J, potts.random_couplings(30, 5, seed=1)[0])
+
+
+def test_energy_matches_double_loop(model):
+    J, U, _ = model
+    s = np.random.default_rng(0).integers(Q, size=(7, L))
+    brute = [-0.5 * sum(J[i, j] * U[x[i], x[j]] for i in range(L) for j in range(L) if i != j) for x in s]
+    np.testing.assert_allclose(potts.energy(J, U, s), brute, rtol=0, atol=1e-13)
+
+
+def test_conditionals_match_energy_differences_and_enumeration(model):
+    J, U, beta = model
+    states, p = potts.enumerate_states(J, U, beta)
+    assert states.shape == (Q**L, L) and np.isclose(p.sum(), 1.0)
+    logc = potts.log_conditionals(beta * J, U, states)
+    np.testing.assert_allclose(logc, conditionals_from_energy(J, U, beta, states), rtol=0, atol=1e-12)
+    # p(s_i = a | s_-i) from the exact joint: the q states that differ from s at site i only
+    place = Q ** np.arange(L)[::-1]                              # lexicographic codes, site 0 slowest
+    codes = states @ place
+    for i in range(L):
+        neighbours = codes[:, None] + (np.arange(Q)[None, :] - states[:, i:i + 1]) * place[i]
+        cond = p[neighbours] / p[neighbours].sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(np.exp(logc[:, i]), cond, rtol=0, atol=1e-12)
+
+
+def test_conditional_entropy_and_nlpl_against_enumeration(model):
+    J, U, beta = model
+    states, p = potts.enumerate_states(J, U, beta)
+    logc = potts.log_conditionals(beta * J, U, states)
+    exact = -(p[:, None] * np.take_along_axis(logc, states[:, :, None], 2)[..., 0]).sum() / L
+    s = potts.sample(J, U, beta, 20000, burn_in=40, seed=5)
+    assert abs(potts.conditional_entropy(J, U, beta, s) - exact) < 0.01
+    assert abs(potts.neg_log_pseudolikelihood(J, U, beta, s) - exact) < 0.02
+
+
+# --- the sampler -------------------------------------------------------------------------------------
+
+def frequencies(s, q):
+    codes = s @ (q ** np.arange(s.shape[1])[::-1])           # lexicographic, as enumerate_states
+    return np.bincount(codes, minlength=q ** s.shape[1])
+
+
+def test_sampler_independent_chains_pass_chi_square(model):
+    J, U, beta = model
+    _, p = potts.enumerate_states(J, U, beta)
+    n = 40000
+    counts = frequencies(potts.sample(J, U, beta, n, burn_in=40, seed=11), Q)
+    assert chisquare(counts, n * p).pvalue > 1e-3
+    # the same test rejects a sampler at the wrong temperature
+    wrong = frequencies(potts.sample(J, U, 0.8 * beta, n, burn_in=40, seed=11), Q)
+    assert chisquare(wrong, n * p).pvalue < 1e-6
+
+
+def test_sampler_thinned_chains_within_total_variation_bound(model):
+    J, U, beta = model
+    _, p = potts.enumerate_states(J, U, beta)
+    s = potts.sample(J, U, beta, 30000, n_chains=1000, burn_in=20, thin=3, seed=12)
+    assert s.shape == (30000, L)
+    tv = 0.5 * np.abs(frequencies(s, Q) / len(s) - p).sum()
+    assert tv < 0.03            # E[TV] <= 0.5 sqrt(2 q^L / (pi n)) = 0.021 for independent draws
+
+
+def test_sampler_is_seeded(model):
+    J, U, beta = model
+    a = potts.sample(J, U, beta, 50, burn_in=5, seed=1)
+    assert np.array_equal(a, potts.sample(J, U, beta, 50, burn_in=5, seed=1))
+    assert not np.array_equal(a, potts.sample(J, U, beta, 50, burn_in=5, seed=2))
+
+
+# --- the identity: MLM on factored attention = pseudo-likelihood ----------------------------------
+
+def test_mlm_loss_equals_negative_log_pseudolikelihood_with_gradients(model):
+    J, U, beta = model
+    s = potts.sample(J, U, beta, 300, burn_in=10, seed=2)
+    layer = set_layer(J, U, beta)
+    loss = potts.mlm_loss(layer, torch.as_tensor(s), mask_id=Q)
+    loss.backward()
+    ref = -np.take_along_axis(conditionals_from_energy(J, U, beta, s), s[:, :, None], 2).mean()
+    pl, dK, dV = potts.pl_objective(beta * J, U, s)
+    assert abs(loss.item() - ref) < 1e-13 and abs(pl - ref) < 1e-13
+    assert abs(potts.neg_log_pseudolikelihood(J, U, beta, s) - ref) < 1e-13
+    np.testing.assert_allclose(layer.scores.grad.numpy(), dK, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(layer.V.grad.numpy(), dV, rtol=0, atol=1e-15)
+
+
+def test_pl_gradient_with_ridge_matches_finite_differences(model):
+    J, U, _ = model
+    s = np.random.default_rng(1).integers(Q, size=(50, L))
+    rng = np.random.default_rng(2)
+    K, V = rng.standard_normal((L, L)), rng.standard_normal((Q, Q))
+    _, dK, dV = potts.pl_objective(K, V, s, lam=0.3)
+    h = 1e-6
+    for X, dX in ((K, dK), (V, dV)):
+        for idx in [(0, 1), (2, 0), (1, 2)]:
+            X[idx] += h
+            up = potts.pl_objective(K, V, s, lam=0.3)[0]
+            X[idx] -= 2 * h
+            down = potts.pl_objective(K, V, s, lam=0.3)[0]
+            X[idx] += h
+            assert abs((up - down) / (2 * h) - dX[idx]) < 1e-7
+    assert dK[1, 1] == 0.0
+
+
+def test_masking_changes_nothing_and_never_leaks(model):
+    J, U, beta = model
+    layer = set_layer(J, U, beta)
+    s = torch.as_tensor(np.random.default_rng(3).integers(Q, size=(20, L)))
+    torch.testing.assert_close(potts.masked_logits(layer, s, Q), layer(s), rtol=0, atol=1e-14)
+    t = s.clone()
+    t[:, 0] = (t[:, 0] + 1) % Q                                  # change the target site
+    torch.testing.assert_close(layer(t)[:, 0], layer(s)[:, 0], rtol=0, atol=0)
+
+
+def test_loss_is_gauge_invariant_and_not_invariant_otherwise(model):
+    J, U, beta = model
+    s = np.random.default_rng(4).integers(Q, size=(100, L))
+    K = beta * J + np.random.default_rng(5).standard_normal((L, L))   # any, even asymmetric, K
+    base = potts.pl_objective(K, U, s)[0]
+    f = np.array([0.7, -1.3, 2.0])
+    assert abs(potts.pl_objective(2.5 * K, U / 2.5, s)[0] - base) < 1e-13        # scale
+    assert abs(potts.pl_objective(K, U + f[None, :], s)[0] - base) < 1e-13        # colour shift f_b
+    assert abs(potts.pl_objective(K, U + f[:, None], s)[0] - base) > 1e-3         # a field: not a gauge
+    # the coupling error is gauge-invariant too, and zero at the truth
+    assert potts.coupling_error(beta * J, U, J, U, beta) < 1e-14
+    assert potts.coupling_error(-3 * beta * J, -U / 3 + f, J, U, beta) < 1e-14
+    assert potts.coupling_error(beta * J, U + f[:, None], J, U, beta) > 0.01
+
+
+def test_fix_gauge_recovers_truth_from_transformed_parameters(model):
+    J, U, beta = model
+    f = np.array([0.1, 0.2, -0.5])
+    K, V = potts.fix_gauge(-0.5 * beta * J, -2 * U + f, U)
+    np.testing.assert_allclose(K, beta * J, atol=1e-14)
+    np.testing.assert_allclose(V, U - U.mean(axis=0), atol=1e-14)
+
+
+def test_mlm_training_and_pseudolikelihood_fit_find_the_same_couplings():
+    # Same objective, two optimizers (torch L-BFGS through autograd, scipy L-BFGS-B on the
+    # hand-written gradient): the same minimum. The objective is not convex in (A, V); at this size
+    # (and at L = 20, q = 10) the starts we tried all reach one minimum, at L = 6, q = 3 some do not.
+    J, U = potts.random_couplings(8, 4, seed=0)
+    s = potts.sample(J, U, 1.0, 2000, burn_in=50, seed=1)
+    K, V = potts.fit_pseudolikelihood(s, 4, lam=1e-4, init_seed=0)
+    layer = potts.FactoredAttention(8, 4, init_seed=0).double()
+    final = potts.fit_factored(layer, s, lam=1e-4)
+    A, W = layer.attention().detach().numpy(), layer.V.detach().numpy()
+    assert abs(final - potts.pl_objective(K, V, s, lam=1e-4)[0]) < 1e-10
+    assert abs(final - potts.pl_objective(A, W, s, lam=1e-4)[0]) < 1e-12
+    e_pl, e_mlm = potts.coupling_error(K, V, J, U, 1.0), potts.coupling_error(A, W, J, U, 1.0)
+    assert e_pl < 0.15 and abs(e_pl - e_mlm) < 1e-5
+
+
+def test_softmax_attention_rows_are_distributions():
+    layer = potts.FactoredAttention(5, 3, softmax=True, init_seed=2)
+    A = layer.attention()
+    torch.testing.assert_close(A.sum(1), torch.ones(5))
+    assert torch.all(A.diagonal() == 0) and torch.all(A >= 0)
+    assert layer(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 3)
+
+
+def test_train_mlm_lowers_the_loss_and_is_seeded(model):
+    J, U, beta = model
+    s = potts.sample(J, U, beta, 400, burn_in=10, seed=6)
+    runs = []
+    for _ in range(2):
+        layer = potts.FactoredAttention(L, Q, init_seed=0)
+        before = potts.test_loss(layer, s, Q)
+        hist = potts.train_mlm(layer, s, s[:100], Q, steps=90, batch_size=32, lr=0.1, eval_every=30)
+        runs.append(hist)
+    assert [h[0] for h in runs[0]] == [30, 60, 90] and runs[0] == runs[1]
+    truth = potts.neg_log_pseudolikelihood(J, U, beta, s[:100])               # 0.983 < before = 1.099
+    assert min(v for _, v in runs[0]) < truth + 0.6 * (before - truth)
+    assert potts.test_loss(layer, s[:100], Q) == min(v for _, v in runs[1])     # best state restored
+
+
+def test_vanilla_baseline_is_seeded_and_masked_logits_never_leak():
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a, b = potts.vanilla_transformer(L, Q, 2, init_seed=0), potts.vanilla_transformer(L, Q, 2, init_seed=0)
+    assert torch.equal(state, torch.random.get_rng_state())              # global stream untouched
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = potts.vanilla_transformer(L, Q, 2, init_seed=1)
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+    a.eval()
+    s = torch.as_tensor(np.random.default_rng(0).integers(Q, size=(6, L)))
+    logits = potts.masked_logits(a, s, Q)
+    assert logits.shape == (6, L, Q)
+    t = s.clone()
+    t[:, 2] = (t[:, 2] + 1) % Q                                         # change only the masked target
+    torch.testing.assert_close(potts.masked_logits(a, t, Q)[:, 2], logits[:, 2], rtol=0, atol=0)
+    assert not torch.allclose(potts.masked_logits(a, t, Q)[:, 0], logits[:, 0])   # other sites see it
