@@ -20,8 +20,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
+# The execution cache is keyed by each chapter's code cells only: when lib/ or data/ changed after
+# the last build (or that is unknown), it is cleared so that no page shows outputs of older code or
+# stored models.
+STAMP = _build/.last-build
+
 book: setup $(MATHJAX)/tex-mml-chtml.js
+	@if [ -d _build/.jupyter_cache ] && { [ ! -f $(STAMP) ] || [ -n "$$(find lib data -newer $(STAMP) -print -quit)" ]; }; then \
+	  echo "lib/ or data/ changed since the last build: clearing the execution cache"; \
+	  rm -rf _build/.jupyter_cache; fi
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
+	touch $(STAMP)
 
 # MathJax is vendored from the npm registry into the site so that math renders offline.
 $(MATHJAX)/tex-mml-chtml.js:

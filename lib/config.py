@@ -115,12 +115,11 @@ def train_config(task: str, profile: str, k_train: int = 0, **fields) -> TrainCo
     model = model_config(task, profile)
     if profile == "laptop":
         cfg = TrainConfig(model=model, k_train=k_train)
-        if k_train > 0:       # the filtered runs are shorter and evaluated less often
-            cfg = replace(cfg, n_steps=3000, n_evals=10)
+        if k_train > 0:       # the filtered runs are evaluated less often (same training budget)
+            cfg = replace(cfg, n_evals=10)
         if task == "mlm":     # 16 forward passes per evaluated sequence: smaller, sparser evaluation
-            cfg = replace(cfg, n_test=2048, n_monitor=256, n_evals=20, eval_every=1000)
-            if k_train > 0:
-                cfg = replace(cfg, n_steps=1000, n_evals=8)
+            cfg = replace(cfg, n_test=2048, n_monitor=256, n_evals=20 if k_train == 0 else 8,
+                          eval_every=1000)
     else:
         n_train = 2**17 if task == "root" else 2**18
         epochs = 200 if task == "root" else 2000
