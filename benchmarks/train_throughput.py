@@ -78,7 +78,7 @@ def main() -> None:
     for task in ("root", "mlm"):
         cfg = config.train_config(task, "laptop")
         if args.retrain:
-            _, history, info = train.train(cfg)
+            _, history, info, _ = train.train(cfg)
         else:
             _, history, info = store.load_or_train(cfg)
         bp_acc, seconds = time_to_bp(cfg, history)

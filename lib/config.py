@@ -10,8 +10,9 @@ training set of 2**17 (root) or 2**18 (MLM) sequences for 200 or 2,000 epochs. T
 profile (the default, minutes on one CPU core) changes architecture and optimiser: d_model 32,
 4 heads, feed-forward 128, no dropout, Adam 4e-3 with warm-up and cosine decay, batches of 256
 fresh samples every step, and 5 layers for MLM. Its runs are short, a CPU budget rather than a
-convergence criterion: 4,000 steps at k = 0, 3,000 (root) or 1,000 (MLM) at k >= 1, 2,000 in the
-depth sweep and 400 in the training-set-size sweep. Introduced in chapter 4.
+convergence criterion: 4,000 steps at every k, 2,000 in the depth sweep and 400 in the
+training-set-size sweep. The two k = 0 runs keep nine weight checkpoints for chapter 5.
+Introduced in chapter 4.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class TrainConfig:
         The grammar (`lib.tree.random_grammar`); the book's setting by default.
     data_seed, test_seed, init_seed, mask_seed : int
         Training stream, test sets, weight initialisation (and dropout), training masks.
+    checkpoints : tuple of int
+        Steps in ``0..n_steps`` (increasing) at which the weights are kept and the model is
+        evaluated; they do not change the training trajectory. Empty by default.
     """
 
     model: ModelConfig
@@ -70,6 +74,7 @@ class TrainConfig:
     test_seed: int = 1
     init_seed: int = 0
     mask_seed: int = 0
+    checkpoints: tuple[int, ...] = ()
 
     def __post_init__(self):
         check_int("depth", self.depth, 1)
@@ -91,6 +96,12 @@ class TrainConfig:
         check_int("eval_every", self.eval_every, 1)
         for name in ("grammar_seed", "data_seed", "test_seed", "init_seed", "mask_seed"):
             check_int(name, getattr(self, name), 0)
+        if not isinstance(self.checkpoints, (tuple, list)):
+            raise ValueError(f"checkpoints must be a tuple of steps, got {self.checkpoints!r}")
+        steps = tuple(check_int("checkpoints", s, 0, self.n_steps) for s in self.checkpoints)
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"checkpoints must be strictly increasing, got {steps}")
+        object.__setattr__(self, "checkpoints", steps)      # a list given by the caller becomes a tuple
 
     @property
     def task(self) -> str:
@@ -130,11 +141,21 @@ def train_config(task: str, profile: str, k_train: int = 0, **fields) -> TrainCo
     return replace(cfg, **fields)
 
 
+def checkpoint_steps(n_steps: int) -> tuple[int, ...]:
+    """Step 0 and the fractions ``2**-7, 2**-6, ..., 1`` of ``n_steps`` (rounded): nine checkpoints."""
+    check_int("n_steps", n_steps, 1)
+    return tuple(sorted({0, *(round(n_steps * 2.0**-e) for e in range(8))}))
+
+
 def chapter4_runs(profile: str) -> dict[str, TrainConfig]:
-    """Every run chapter 4 shows, by name, most important first: both tasks at each ``k``, a depth
-    sweep (root, k = 0, 1 to depth layers) and a training-set-size sweep (root, k in {0, 2, 4})."""
+    """Every run chapter 4 shows, by name, most important first: both tasks at each ``k`` (the
+    ``k = 0`` runs keep :func:`checkpoint_steps` for chapter 5), a depth sweep (root, k = 0, 1 to
+    depth layers) and a training-set-size sweep (root, k in {0, 2, 4})."""
     depth = BOOK_SETTING["depth"]
-    runs = {f"{task}_k0": train_config(task, profile, 0) for task in ("root", "mlm")}
+    runs = {}
+    for task in ("root", "mlm"):
+        cfg = train_config(task, profile, 0)
+        runs[f"{task}_k0"] = replace(cfg, checkpoints=checkpoint_steps(cfg.n_steps))
     runs |= {f"{task}_k{k}": train_config(task, profile, k) for task in ("root", "mlm")
              for k in range(1, depth + 1)}
     base = train_config("root", profile, 0)

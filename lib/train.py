@@ -86,10 +86,11 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 
 
 def eval_steps(cfg: TrainConfig) -> np.ndarray:
-    """Steps at which the model is evaluated: 0, ``n_evals`` log-spaced steps, every ``eval_every``, and the last."""
+    """Steps at which the model is evaluated: 0, ``n_evals`` log-spaced steps, every ``eval_every``,
+    the checkpoints, and the last."""
     log = np.round(np.geomspace(1, cfg.n_steps, cfg.n_evals)).astype(int)
     lin = np.arange(0, cfg.n_steps + 1, cfg.eval_every)
-    return np.union1d(np.union1d(log, lin), [0, cfg.n_steps])
+    return np.union1d(np.union1d(log, lin), [0, cfg.n_steps, *cfg.checkpoints])
 
 
 @torch.no_grad()
@@ -197,6 +198,9 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
         (training time so far, evaluation excluded), k_test, n_test, loss (nats), accuracy.
     info : dict
         train_s and eval_s (wall seconds), device, torch version and thread count.
+    checkpoints : dict
+        ``{step: state dict}`` (float32 copies on the CPU) at every step of ``cfg.checkpoints``;
+        empty when there are none. Taking them does not change the run.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     M = grammar(cfg)
@@ -208,7 +212,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
     masks = torch.Generator().manual_seed(cfg.mask_seed)
     batches, evals = _batches(cfg, M, exclude), set(eval_steps(cfg).tolist())
-    rows, train_s, eval_s = [], 0.0, 0.0
+    rows, train_s, eval_s, states = [], 0.0, 0.0, {}
     bar = tqdm(range(cfg.n_steps + 1), disable=not progress, desc=f"{cfg.task} k={cfg.k_train}")
     for step in bar:
         if step in evals:
@@ -218,6 +222,8 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
                 rows.append({"step": step, "seqs": step * cfg.batch_size, "wall_s": train_s, **row})
             bar.set_postfix(acc=f"{rows[-cfg.depth - 1 + cfg.k_train]['accuracy']:.3f}")
             eval_s += time.perf_counter() - t0
+        if step in cfg.checkpoints:
+            states[step] = {n: t.detach().float().cpu().clone() for n, t in model.state_dict().items()}
         if step == cfg.n_steps:
             break
         t0 = time.perf_counter()
@@ -234,7 +240,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
         train_s += time.perf_counter() - t0
     info = {"train_s": train_s, "eval_s": eval_s, "device": str(device), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
-    return model.cpu().eval(), pd.DataFrame(rows), info
+    return model.cpu().eval(), pd.DataFrame(rows), info, states
 
 
 def time_to_accuracy(history: pd.DataFrame, k_test: int, target: float) -> float:

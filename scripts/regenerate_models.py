@@ -43,8 +43,8 @@ def main() -> None:
             print(f"{name:18s} {store.key(cfg)}  kept")
             continue
         t0 = time.perf_counter()
-        model, history, info = train.train(cfg)
-        store.save(cfg, model, history, info)
+        store.save(cfg, *train.train(cfg))
+        history = store.load(cfg)[1]
         final = history[history.step == cfg.n_steps].set_index("k_test").accuracy
         print(f"{name:18s} {store.key(cfg)}  {time.perf_counter() - t0:6.0f} s  "
               f"accuracy on k_test = {cfg.k_train}: {final[cfg.k_train]:.4f}", flush=True)
@@ -52,7 +52,7 @@ def main() -> None:
     if args.prune:
         keep = {store.key(c) for p in PROFILES for c in config.chapter4_runs(p).values()}
         for path in sorted(Path(store.STORE).glob("*.*")):
-            if path.stem not in keep:
+            if path.name.split(".")[0] not in keep:
                 print(f"pruned {path.name}")
                 path.unlink()
 

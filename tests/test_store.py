@@ -43,6 +43,25 @@ def test_load_or_train_trains_once_then_reuses(tmp_path):
         TINY, train.grammar(TINY))[0][0]].mean(), rel=1e-5)
 
 
+def test_checkpoints_round_trip_and_are_part_of_the_key(tmp_path):
+    cfg = replace(TINY, checkpoints=(0, 6, 12))
+    assert store.key(cfg) != store.key(TINY)
+    assert '"checkpoints"' not in json.dumps(store._record(TINY))    # old keys survive the new field
+    with pytest.raises(ValueError, match="no checkpoints"):
+        store.load_checkpoints(TINY, tmp_path)
+    assert store.load_checkpoints(cfg, tmp_path) is None
+    model, _, _ = store.load_or_train(cfg, tmp_path, progress=False)
+    assert (tmp_path / f"{store.key(cfg)}.checkpoints.pt").exists()
+    models = store.load_checkpoints(cfg, tmp_path)
+    assert sorted(models) == [0, 6, 12]
+    x = torch.randint(3, (5, 8))
+    assert torch.equal(models[12](x), model(x))
+    assert not torch.allclose(models[0](x), model(x))
+    trained = train.train(cfg, progress=False)
+    with pytest.raises(ValueError, match="exactly the steps"):
+        store.save(cfg, *trained[:3], {0: trained[3][0]}, root=tmp_path)
+
+
 def test_a_stale_entry_is_never_used(tmp_path):
     store.load_or_train(TINY, tmp_path, progress=False)
     record = tmp_path / f"{store.key(TINY)}.json"

@@ -24,7 +24,8 @@ def tiny(task="root", depth=3, **fields):
 
 @pytest.mark.parametrize("task", ["root", "mlm"])
 def test_loss_falls_and_history_is_tidy(task):
-    _, history, info = train.train(tiny(task), progress=False)
+    _, history, info, checkpoints = train.train(tiny(task), progress=False)
+    assert checkpoints == {}
     assert list(history.columns) == ["step", "seqs", "wall_s", "k_test", "n_test", "loss", "accuracy"]
     assert set(history.k_test) == {0, 1, 2, 3}
     assert list(history.step.unique()) == list(train.eval_steps(tiny(task)))
@@ -43,6 +44,24 @@ def test_same_seeds_same_history_and_each_seed_matters():
     pd.testing.assert_frame_equal(first, again)
     for name, history in runs.items():
         assert not np.allclose(history.loss, first.loss), name
+
+
+def test_checkpoints_are_the_weights_of_the_same_run():
+    cfg = tiny("mlm", n_steps=30)
+    plain_model, plain_history, _, _ = train.train(cfg, progress=False)
+    ckpt = replace(cfg, checkpoints=(0, 7, 30))
+    model, history, _, states = train.train(ckpt, progress=False)
+    assert sorted(states) == [0, 7, 30]
+    assert {0, 7, 30} <= set(history.step)                     # every checkpoint is evaluated
+    final = model.state_dict()
+    for name, tensor in plain_model.state_dict().items():     # taking checkpoints changes nothing
+        assert torch.equal(tensor, final[name]) and torch.equal(tensor, states[30][name])
+    common = history[history.step.isin(plain_history.step)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(common.drop(columns="wall_s"), plain_history.drop(columns="wall_s"))
+    torch.manual_seed(cfg.init_seed)
+    init = Transformer(cfg.model).state_dict()
+    assert all(torch.equal(init[n], states[0][n]) for n in init)
+    assert not torch.equal(states[7]["embed.weight"], states[0]["embed.weight"])
 
 
 def test_training_draws_never_repeat_a_test_sequence():
@@ -120,6 +139,10 @@ def test_nearest_bp_row_and_time_to_accuracy():
     ({"n_monitor": 512}, "n_monitor"),
     ({"n_train": 10}, "n_train"),
     ({"lr_final": 2.0}, "lr_final"),
+    ({"checkpoints": (0, 61)}, "checkpoints must be in 0..60"),
+    ({"checkpoints": (5, 5)}, "strictly increasing"),
+    ({"checkpoints": (1.5,)}, "checkpoints must be an integer"),
+    ({"checkpoints": 10}, "checkpoints must be a tuple"),
 ])
 def test_bad_training_config_raises(fields, match):
     with pytest.raises(ValueError, match=match):
@@ -135,3 +158,8 @@ def test_profiles():
     assert config.train_config("mlm", "paper").n_train == 2**18
     with pytest.raises(ValueError, match="profile"):
         config.train_config("root", "desktop")
+    assert config.checkpoint_steps(4000) == (0, 31, 62, 125, 250, 500, 1000, 2000, 4000)
+    for profile in ("laptop", "paper"):
+        runs = config.chapter4_runs(profile)
+        assert [n for n, c in runs.items() if c.checkpoints] == ["root_k0", "mlm_k0"]
+        assert runs["mlm_k0"].checkpoints[-1] == runs["mlm_k0"].n_steps
