@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BINDER = ROOT / "binder"
@@ -52,3 +53,56 @@ def test_pinned_requirements_resolve_together(tmp_path):
                 for item in json.loads(report.read_text())["install"]}
     for name, version in wanted.items():
         assert resolved[name].split("+")[0] == version, f"{name}: pinned {version}, resolved {resolved[name]}"
+
+
+def binder_links(html: Path) -> list[str]:
+    """Every link of a built page that points at a BinderHub launch (``/v2/<provider>/...``)."""
+    return re.findall(r'href="(https?://[^"]+/v2/(?:gh|gl|git)/[^"]+)"', html.read_text(encoding="utf-8"))
+
+
+def expected_link(config: dict, page: str) -> str:
+    """The launch link sphinx-book-theme builds for a MyST notebook ``page`` of a GitHub repository."""
+    repo, launch = config["repository"], config["launch_buttons"]
+    org_repo = repo["url"].removeprefix("https://github.com/").strip("/")
+    prefix = {"jupyterlab": "lab/tree", "classic": "tree"}[launch.get("notebook_interface", "classic")]
+    book = repo.get("path_to_book", "").strip("/")
+    return (f"{launch['binderhub_url'].rstrip('/')}/v2/gh/{org_repo}/{repo.get('branch', 'main')}"
+            f"?urlpath={prefix}/{book + '/' if book else ''}{page}.md")
+
+
+def test_launch_buttons_point_where_config_says():
+    """With Binder configured, every chapter opens there at its own file; unconfigured, no page links there."""
+    site = ROOT / "_build" / "html"
+    if not (site / "index.html").exists():
+        pytest.skip("site not built: run `make book` first")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    on = bool(config["launch_buttons"]["binderhub_url"])
+    assert on == bool(config["repository"]["url"]), "set repository.url and binderhub_url together"
+    chapters = sorted(p.relative_to(ROOT).with_suffix("").as_posix() for p in (ROOT / "chapters").glob("*.md"))
+    for page in chapters:
+        links = binder_links(site / f"{page}.html")
+        if on:
+            assert links == [expected_link(config, page)], page
+        else:
+            assert links == [], f"{page} links to Binder without a repository.url: {links}"
+
+
+def test_launch_button_of_a_configured_repository(tmp_path):
+    """A one-page book with this book's settings plus a repository and mybinder.org gets the right button."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config = {"title": "launch-button check", "execute": {"execute_notebooks": "off"},
+              "repository": {**config["repository"], "url": "https://github.com/example-org/example-book"},
+              "launch_buttons": {**config["launch_buttons"], "binderhub_url": "https://mybinder.org"},
+              "html": config["html"]}
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n- file: chapters/demo\n")
+    (tmp_path / "intro.md").write_text("# Intro\n")
+    (tmp_path / "chapters").mkdir()
+    header = (ROOT / "chapters" / "01_generative_model.md").read_text().split("---")[1]   # a real chapter's
+    (tmp_path / "chapters" / "demo.md").write_text(f"---{header}---\n# Demo\n\n```{{code-cell}} ipython3\n1 + 1\n```\n")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    run = subprocess.run([str(jb), "build", str(tmp_path), "-W", "-q"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    links = binder_links(tmp_path / "_build" / "html" / "chapters" / "demo.html")
+    assert links == [expected_link(config, "chapters/demo")]
+    assert links[0] == "https://mybinder.org/v2/gh/example-org/example-book/main?urlpath=lab/tree/chapters/demo.md"

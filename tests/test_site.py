@@ -3,7 +3,8 @@
 Runs against ``_build/html`` (build it first with ``make book``; ``.ci/run`` does). For every page of
 the table of contents: no console or page errors, no request leaving the machine, every figure
 loaded and non-empty, all math typeset by the vendored MathJax (no raw TeX left), and every internal
-link and anchor resolving to a file and an element that exist.
+link and anchor resolving to a file and an element that exist. A full-page screenshot of every
+page, taken offline after MathJax has finished, is left in ``_build/screenshots`` for inspection.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "_build" / "html"
+SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -81,6 +83,10 @@ def test_page_loads_offline_with_figures_and_typeset_math(browser, page_name):
     source = (ROOT / f"{page_name}.md").read_text()
     if re.search(r"\$[^$\n]+\$", source):
         assert page.locator("mjx-container").count() > 0, f"{page_name} has math but none was typeset"
+    shot = SCREENSHOTS / f"{page_name}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=shot, full_page=True)
+    assert shot.stat().st_size > 10_000, f"screenshot of {page_name} is (nearly) empty"
     page.close()
 
 
