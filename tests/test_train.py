@@ -161,5 +161,8 @@ def test_profiles():
     assert config.checkpoint_steps(4000) == (0, 31, 62, 125, 250, 500, 1000, 2000, 4000)
     for profile in ("laptop", "paper"):
         runs = config.chapter4_runs(profile)
-        assert [n for n, c in runs.items() if c.checkpoints] == ["root_k0", "mlm_k0"]
+        assert [n for n, c in runs.items() if c.checkpoints][:2] == ["root_k0", "mlm_k0"]
         assert runs["mlm_k0"].checkpoints[-1] == runs["mlm_k0"].n_steps
+    laptop_runs = config.chapter4_runs("laptop")
+    assert laptop_runs["mlm_k0_long"].n_steps == 4 * laptop_runs["mlm_k0"].n_steps
+    assert config.chapter4_runs("paper")["mlm_k0_long"] == config.chapter4_runs("paper")["mlm_k0"]
