@@ -10,7 +10,7 @@ training set of 2**17 (root) or 2**18 (MLM) sequences for 200 or 2,000 epochs. T
 profile (the default, minutes on one CPU core) changes architecture and optimiser: d_model 32,
 4 heads, feed-forward 128, no dropout, Adam 4e-3 with warm-up and cosine decay, batches of 256
 fresh samples every step, and 5 layers for MLM. Its runs are short, a CPU budget rather than a
-convergence criterion: 4,000 steps at every k (and one 16,000-step masked-token run at k = 0),
+convergence criterion: 4,000 steps at every k (and 16,000-step masked-token runs at every k),
 2,000 in the depth sweep and 400 in the training-set-size sweep. The two k = 0 runs keep nine weight checkpoints for chapter 5.
 Introduced in chapter 4.
 """
@@ -149,8 +149,8 @@ def checkpoint_steps(n_steps: int) -> tuple[int, ...]:
 
 def chapter4_runs(profile: str) -> dict[str, TrainConfig]:
     """Every run chapter 4 shows, by name, most important first: both tasks at each ``k`` (the
-    ``k = 0`` runs keep :func:`checkpoint_steps` for chapter 5), the ``k = 0`` masked-token run
-    with a four times longer schedule (``laptop``; in ``paper`` it is ``mlm_k0`` itself), a depth
+    ``k = 0`` runs keep :func:`checkpoint_steps` for chapter 5), the masked-token runs again with a
+    four times longer schedule (``laptop``; in ``paper`` they are the same runs), a depth
     sweep (root, k = 0, 1 to depth layers) and a training-set-size sweep (root, k in {0, 2, 4})."""
     depth = BOOK_SETTING["depth"]
     runs = {}
@@ -159,8 +159,10 @@ def chapter4_runs(profile: str) -> dict[str, TrainConfig]:
         runs[f"{task}_k0"] = replace(cfg, checkpoints=checkpoint_steps(cfg.n_steps))
     runs |= {f"{task}_k{k}": train_config(task, profile, k) for task in ("root", "mlm")
              for k in range(1, depth + 1)}
-    mlm = train_config("mlm", profile, 0)    # paper: its schedule is already long, so the same run
-    runs["mlm_k0_long"] = replace(mlm, n_steps=4 * mlm.n_steps) if profile == "laptop" else runs["mlm_k0"]
+    for k in range(depth + 1):     # paper: its schedule is already long, so the same runs
+        mlm = train_config("mlm", profile, k)
+        runs[f"mlm_k{k}_long"] = (replace(mlm, n_steps=4 * mlm.n_steps) if profile == "laptop"
+                                  else runs[f"mlm_k{k}"])
     base = train_config("root", profile, 0)
     for n_layers in range(1, depth + 1):        # laptop: a fixed budget of 2,000 steps
         runs[f"root_k0_layers{n_layers}"] = replace(

@@ -164,5 +164,7 @@ def test_profiles():
         assert [n for n, c in runs.items() if c.checkpoints][:2] == ["root_k0", "mlm_k0"]
         assert runs["mlm_k0"].checkpoints[-1] == runs["mlm_k0"].n_steps
     laptop_runs = config.chapter4_runs("laptop")
-    assert laptop_runs["mlm_k0_long"].n_steps == 4 * laptop_runs["mlm_k0"].n_steps
-    assert config.chapter4_runs("paper")["mlm_k0_long"] == config.chapter4_runs("paper")["mlm_k0"]
+    paper_runs = config.chapter4_runs("paper")
+    for k in range(5):
+        assert laptop_runs[f"mlm_k{k}_long"].n_steps == 4 * laptop_runs[f"mlm_k{k}"].n_steps
+        assert paper_runs[f"mlm_k{k}_long"] == paper_runs[f"mlm_k{k}"]
