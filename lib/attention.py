@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lib.transformer import Transformer
+from lib.transformer import Transformer, token_ids
 
 _ROWS = 1024          # sequences per forward pass
 
@@ -34,11 +34,7 @@ def average_patterns(model: Transformer, x) -> tuple[np.ndarray, np.ndarray]:
     first : numpy.ndarray, shape (n_layers, n_heads, L, L)
         The patterns of sequence 0, for single-sequence maps.
     """
-    x = torch.as_tensor(np.asarray(x), dtype=torch.long)
-    if x.ndim != 2 or len(x) == 0 or x.shape[1] != model.cfg.seq_len:
-        raise ValueError(f"x must have shape (n >= 1, {model.cfg.seq_len}), got {tuple(x.shape)}")
-    if x.min() < 0 or x.max() >= model.cfg.vocab:
-        raise ValueError(f"x must hold token ids in 0..{model.cfg.vocab - 1}")
+    x = token_ids(model.cfg, x)
     model.eval()
     total, first = 0.0, None
     for lo in range(0, len(x), _ROWS):

@@ -25,6 +25,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp
 from torch import nn
 
+from lib.replica import symmetric_gaussian
 from lib.transformer import ModelConfig, Transformer
 from lib.validate import check_int, check_real
 
@@ -86,9 +87,7 @@ def random_couplings(L: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     """
     L, q = check_int("L", L, 2), check_int("q", q, 2)
     rng = np.random.default_rng(check_int("seed", seed, 0))
-    G = rng.standard_normal((L, L))
-    J = (G + G.T) / np.sqrt(2 * L)
-    np.fill_diagonal(J, 0.0)
+    J = symmetric_gaussian(rng, L)
     G = rng.standard_normal((q, q))
     return J, (G + G.T) / np.sqrt(2)
 
@@ -217,17 +216,21 @@ def pl_objective(K, V, s, lam: float = 0.0) -> tuple[float, np.ndarray, np.ndarr
     dV : numpy.ndarray, shape (q, q)
     """
     K, V = np.asarray(K, dtype=np.float64), np.asarray(V, dtype=np.float64)
-    lam = check_real("lam", lam, lo=0.0)
     s = check_sequences(s, K.shape[0], V.shape[0])
+    return _pl_terms(K, V, s, np.eye(V.shape[0])[s], check_real("lam", lam, lo=0.0))
+
+
+def _pl_terms(K, V, s, Y, lam: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """`pl_objective` on checked inputs, with the one-hot ``Y`` (n, L, q) of ``s`` given."""
     (n, L), q = s.shape, V.shape[0]
     K = K - np.diag(np.diag(K))
-    Y = np.eye(q)[s]                                             # one-hot (n, L, q)
-    logp = log_conditionals(K, V, s)
+    Vs = V.T[s]                                                  # Vs[n, j, a] = V[a, s_nj]
+    logp = log_softmax(K @ Vs, axis=2)
     loss = -float((logp * Y).sum()) / (n * L) + lam * float((K**2).sum() + (V**2).sum())
     R = (np.exp(logp) - Y) / (n * L)                             # d loss / d logits  (n, L, q)
     # dK_ij = sum_{n,a} R[n,i,a] V[a, s_nj];  dV[a,b] = sum_{n,i} R[n,i,a] (K Y)[n,i,b]
     Rt = R.transpose(1, 0, 2).reshape(L, n * q)
-    dK = Rt @ V.T[s].transpose(1, 0, 2).reshape(L, n * q).T + 2 * lam * K
+    dK = Rt @ Vs.transpose(1, 0, 2).reshape(L, n * q).T + 2 * lam * K
     np.fill_diagonal(dK, 0.0)
     dV = R.reshape(-1, q).T @ (K @ Y).reshape(-1, q)
     return loss, dK, dV + 2 * lam * V
@@ -257,12 +260,12 @@ def fit_pseudolikelihood(s, q: int, lam: float = 1e-4, *, init_seed: int = 0,
     """
     q = check_int("q", q, 2)
     s = check_sequences(s, np.shape(s)[-1], q)
-    L = s.shape[1]
+    L, Y, lam = s.shape[1], np.eye(q)[s], check_real("lam", lam, lo=0.0)
     rng = np.random.default_rng(check_int("init_seed", init_seed, 0))
     theta0 = 0.1 * rng.standard_normal(L * L + q * q)
 
     def objective(theta):
-        loss, dK, dV = pl_objective(theta[:L * L].reshape(L, L), theta[L * L:].reshape(q, q), s, lam)
+        loss, dK, dV = _pl_terms(theta[:L * L].reshape(L, L), theta[L * L:].reshape(q, q), s, Y, lam)
         return loss, np.concatenate([dK.ravel(), dV.ravel()])
 
     res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
@@ -379,6 +382,7 @@ def mlm_loss(model: nn.Module, s: torch.Tensor, mask_id: int) -> torch.Tensor:
 @torch.no_grad()
 def test_loss(model: nn.Module, s, mask_id: int, batch_size: int = 256) -> float:
     """MLM cross-entropy (nats) over every site of ``s`` (n, L), in eval mode, in batches."""
+    batch_size = check_int("batch_size", batch_size, 1)
     was_training = model.training
     model.eval()
     s = torch.as_tensor(np.asarray(s))
@@ -435,6 +439,7 @@ def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_siz
     """
     s, s_val = torch.as_tensor(np.asarray(s)), np.asarray(s_val)
     steps, eval_every = check_int("steps", steps, 1), check_int("eval_every", eval_every, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     g_batch = torch.Generator().manual_seed(check_int("batch_seed", batch_seed, 0))
     g_mask = torch.Generator().manual_seed(check_int("mask_seed", mask_seed, 0))
     opt = torch.optim.Adam(model.parameters(), lr=check_real("lr", lr, lo=0.0))

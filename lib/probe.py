@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.transformer import Transformer
+from lib.transformer import Transformer, token_ids
 from lib.validate import check_int, check_real
 
 _ROWS = 1024          # sequences per forward pass
@@ -36,10 +36,7 @@ def residual_stream(model: Transformer, x) -> np.ndarray:
     numpy.ndarray, shape (n_layers + 1, n, L, d_model), float32
         Entry 0 is embedding plus position; entry ``l`` is the output of layer ``l``.
     """
-    x = torch.as_tensor(np.asarray(x), dtype=torch.long)
-    if x.ndim != 2 or x.shape[1] != model.cfg.seq_len or x.min() < 0 or x.max() >= model.cfg.vocab:
-        raise ValueError(f"x must have shape (n, {model.cfg.seq_len}) with ids in "
-                         f"0..{model.cfg.vocab - 1}, got shape {tuple(x.shape)}")
+    x = token_ids(model.cfg, x)
     captured = []
     hooks = [model.layers[0].register_forward_pre_hook(lambda mod, args: captured.append(args[0]))]
     hooks += [layer.register_forward_hook(lambda mod, args, out: captured.append(out[0]))

@@ -77,13 +77,18 @@ def generalization_error(alpha: float, lam: float, nu: float = 3.0, g: float = 1
     return float(1 / nu + (B + D2 / nu) / (1 - D2))
 
 
+def symmetric_gaussian(rng: np.random.Generator, L: int) -> np.ndarray:
+    """``(G + G.T) / sqrt(2 L)`` with zero diagonal, ``G`` (L, L) standard normal drawn from ``rng``."""
+    G = rng.standard_normal((L, L))
+    J = (G + G.T) / np.sqrt(2 * L)
+    np.fill_diagonal(J, 0.0)
+    return J
+
+
 def gaussian_couplings(L: int, g: float = 1.0, seed: int = 0) -> np.ndarray:
     """Symmetric Gaussian couplings (L, L), zero diagonal, ``J_ij ~ N(0, g^2 / L)`` for ``i != j``."""
     L, g = check_int("L", L, 2), check_real("g", g, lo=0.0)
-    G = np.random.default_rng(check_int("seed", seed, 0)).standard_normal((L, L))
-    J = g * (G + G.T) / np.sqrt(2 * L)
-    np.fill_diagonal(J, 0.0)
-    return J
+    return g * symmetric_gaussian(np.random.default_rng(check_int("seed", seed, 0)), L)
 
 
 def ridge_errors(x: np.ndarray, C: np.ndarray, J: np.ndarray, nu: float, sites, lams) -> np.ndarray:
@@ -108,6 +113,7 @@ def ridge_errors(x: np.ndarray, C: np.ndarray, J: np.ndarray, nu: float, sites, 
         ``1/nu + (w_hat - w*)^T C' (w_hat - w*)`` with ``C'`` the ``(-i, -i)`` block of ``C``.
     """
     M, L = x.shape
+    lams, nu = [check_real("lams", lam, lo=0.0) for lam in lams], check_real("nu", nu, lo=1e-300)
     eps = np.empty((len(lams), len(sites)))
     for k, i in enumerate(sites):
         rest = np.delete(np.arange(L), i)

@@ -63,7 +63,7 @@ def save(cfg: TrainConfig, model: Transformer, history: pd.DataFrame, info: dict
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stem = root / key(cfg)
-    torch.save({n: t.detach().float().cpu() for n, t in model.state_dict().items()}, f"{stem}.pt")
+    torch.save(train.cpu_state(model), f"{stem}.pt")
     if cfg.checkpoints:
         torch.save({int(s): checkpoints[s] for s in cfg.checkpoints}, f"{stem}.checkpoints.pt")
     history.to_csv(f"{stem}.csv", index=False, float_format="%.6g")

@@ -132,10 +132,15 @@ def mask_text(ids, n_classes: int, p_select: float = 0.15, seed: int = 0,
     convention) and random replacements are uniform over the ``n_classes`` word ids. As in BERT,
     and unlike the synthetic model, masked positions stay visible as keys.
     """
-    ids = np.tile(np.asarray(ids, dtype=np.int64), (check_int("copies", copies, 1), 1))
-    inputs, labels, _ = topics.mask_tokens(ids, np.ones(ids.shape, bool), mask_id=n_classes,
-                                           n_ids=n_classes, p_select=p_select, seed=seed)
-    return topics.masked_corpus(inputs, labels, np.ones(ids.shape, bool))
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 2:
+        raise ValueError(f"ids must have shape (n, L), got {ids.shape}")
+    n_classes = check_int("n_classes", n_classes, 1)
+    ids = np.tile(ids, (check_int("copies", copies, 1), 1))
+    everywhere = np.ones(ids.shape, bool)
+    inputs, labels, _ = topics.mask_tokens(ids, everywhere, mask_id=n_classes, n_ids=n_classes,
+                                           p_select=p_select, seed=seed)
+    return topics.masked_corpus(inputs, labels, everywhere)
 
 
 class MaskedLM(nn.Module):
@@ -154,8 +159,6 @@ class MaskedLM(nn.Module):
         self.net = net
 
     def forward(self, data: topics.MaskedCorpus) -> torch.Tensor:
-        h = self.net.dropout(self.net.embed(data.inputs) + self.net.pe)           # (B, L, d)
-        for layer in self.net.layers:
-            h, _ = layer(h)
+        h = self.net.hidden(data.inputs)[0]                                      # (B, L, d)
         h = h.gather(1, data.query_pos[..., None].expand(-1, -1, h.shape[-1]))   # (B, m, d)
         return self.net.readout(h)                                                # (B, m, C)

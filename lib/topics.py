@@ -126,9 +126,7 @@ def mask_tokens(tokens, maskable, *, mask_id: int, n_ids: int, p_select: float =
     n_ids = check_int("n_ids", n_ids, 1)
     if check_real("p_select", p_select, 0.0) == 0.0 or p_select > 1.0:
         raise ValueError(f"p_select must be in (0, 1], got {p_select}")
-    p_mask = 1.0 - check_real("p_random", p_random, 0.0) - check_real("p_keep", p_keep, 0.0)
-    if p_mask < 0.0:
-        raise ValueError(f"p_random + p_keep must be <= 1, got {p_random} + {p_keep}")
+    p_mask = _p_mask(p_random, p_keep)
     rng = np.random.default_rng(check_int("seed", seed, 0))
     selected = maskable & (rng.random(tokens.shape) < p_select)
     redo = maskable.any(1) & ~selected.any(1)
@@ -263,6 +261,14 @@ def context_predictive(counts, alpha: float) -> np.ndarray:
     return (alpha + counts) / (counts.shape[-1] * alpha + counts.sum(-1, keepdims=True))
 
 
+def _p_mask(p_random: float, p_keep: float) -> float:
+    """Probability that a selected position shows MASK, ``1 - p_random - p_keep``, after checking both."""
+    p_mask = 1.0 - check_real("p_random", p_random, 0.0) - check_real("p_keep", p_keep, 0.0)
+    if p_mask < 0.0:
+        raise ValueError(f"p_random + p_keep must be <= 1, got {p_random} + {p_keep}")
+    return p_mask
+
+
 def bayes_loss(data: MaskedCorpus, T: int, v: int, alpha: float, p_random: float = 0.1,
                p_keep: float = 0.1, use_query: bool = True) -> float:
     """Exact Bayes-optimal cross-entropy on a masked corpus, given what the model can see.
@@ -282,6 +288,7 @@ def bayes_loss(data: MaskedCorpus, T: int, v: int, alpha: float, p_random: float
         False ignores the query token: the best loss from the context alone.
     """
     T, v, alpha = check_topics(T, v, alpha)
+    p_mask = _p_mask(p_random, p_keep)
     n_ids = T * v + N_SPECIAL
     topic = torch.as_tensor(topic_of_id(T, v))
     ctx_topic = torch.where(data.key_visible, topic[data.inputs], -1)
@@ -295,7 +302,7 @@ def bayes_loss(data: MaskedCorpus, T: int, v: int, alpha: float, p_random: float
         return float(-np.log(p_y).mean())
     q = data.inputs.gather(1, data.query_pos).numpy()[valid]
     p_q = np.where(q >= N_SPECIAL, p_topic[doc, topic.numpy()[q]] / v, 0.0)     # P(q | context)
-    c0 = (1.0 - p_random - p_keep) * (q == MASK) + p_random / n_ids
+    c0 = p_mask * (q == MASK) + p_random / n_ids
     posterior = p_y * (c0 + p_keep * (q == y)) / (c0 + p_keep * p_q)
     return float(-np.log(posterior).mean())
 
@@ -430,12 +437,17 @@ def loss(model: nn.Module, data: MaskedCorpus) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: MaskedCorpus, batch_size: int = 500) -> float:
-    """Cross-entropy over all masked positions of ``data``, in batches (no gradient)."""
-    total, count = 0.0, 0
+    """Cross-entropy over all masked positions of ``data``, in batches, in eval mode (no gradient)."""
+    batch_size = check_int("batch_size", batch_size, 1)
+    if not (data.query_labels != IGNORE).any():
+        raise ValueError("data has no masked positions to score")
+    total, count, was_training = 0.0, 0, model.training
+    model.eval()
     for start in range(0, len(data), batch_size):
         part = data.batch(slice(start, start + batch_size))
         n = int((part.query_labels != IGNORE).sum())
         total, count = total + float(loss(model, part)) * n, count + n
+    model.train(was_training)
     return total / count
 
 
@@ -565,11 +577,12 @@ def attention_by_topic(A, ids, topic, ref_len: int = 100) -> dict:
         ``same_token`` (same id, including i = j), ``same_topic`` (different ids),
         ``different_topic``, their pair counts ``n_*`` and ``ratio = same_topic / different_topic``.
     """
-    A = torch.as_tensor(A, dtype=torch.float64)
-    t = torch.as_tensor(np.asarray(topic))[torch.as_tensor(ids)]                   # (B, L)
+    A, ids, topic = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(ids), torch.as_tensor(np.asarray(topic))
+    if ids.ndim != 2 or ids.min() < 0 or ids.max() >= len(topic):
+        raise ValueError(f"ids must be (B, L) with values in 0..{len(topic) - 1}")
+    t = topic[ids]                                                                 # (B, L)
     if A.ndim != 3 or A.shape[1:] != (t.shape[1],) * 2 or A.shape[0] != t.shape[0]:
         raise ValueError(f"A must be (B, L, L) matching ids {tuple(t.shape)}, got {tuple(A.shape)}")
-    ids = torch.as_tensor(ids)
     A = A * A.shape[-1] / check_int("ref_len", ref_len, 1)
     both = (t[:, :, None] >= 0) & (t[:, None, :] >= 0)
     same_id = ids[:, :, None] == ids[:, None, :]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from lib import bp, tree
 from lib.config import TrainConfig
-from lib.transformer import Transformer
+from lib.transformer import Transformer, token_ids
 
 _BATCHES_PER_DRAW = 64        # training batches sampled per call to the grammar sampler
 _EVAL_ROWS = 1024             # sequences per forward pass in evaluation (cache-sized on a CPU)
@@ -93,6 +93,11 @@ def eval_steps(cfg: TrainConfig) -> np.ndarray:
     return np.union1d(np.union1d(log, lin), [0, cfg.n_steps, *cfg.checkpoints])
 
 
+def cpu_state(model: Transformer) -> dict:
+    """A float32 copy on the CPU of the model's state dict (detached from further training)."""
+    return {n: t.detach().float().cpu().clone() for n, t in model.state_dict().items()}
+
+
 @torch.no_grad()
 def log_probs(model: Transformer, leaves: np.ndarray) -> torch.Tensor:
     """The model's log-probabilities in eval mode, the transformer's analogue of `lib.bp`.
@@ -111,7 +116,7 @@ def log_probs(model: Transformer, leaves: np.ndarray) -> torch.Tensor:
     """
     model.eval()
     device = next(model.parameters()).device
-    x = torch.as_tensor(np.asarray(leaves), dtype=torch.long)
+    x = token_ids(model.cfg, leaves)
     n, L = x.shape
     if model.cfg.task == "mlm":                                # row s * L + i masks position i of s
         x = x.repeat_interleave(L, dim=0)
@@ -223,7 +228,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
             bar.set_postfix(acc=f"{rows[-cfg.depth - 1 + cfg.k_train]['accuracy']:.3f}")
             eval_s += time.perf_counter() - t0
         if step in cfg.checkpoints:
-            states[step] = {n: t.detach().float().cpu().clone() for n, t in model.state_dict().items()}
+            states[step] = cpu_state(model)
         if step == cfg.n_steps:
             break
         t0 = time.perf_counter()

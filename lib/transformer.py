@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +83,16 @@ def sinusoidal_positions(seq_len: int, d_model: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)[:, : d_model // 2]
     return pe
+
+
+def token_ids(cfg: ModelConfig, x) -> torch.Tensor:
+    """``x`` as a long tensor (n, seq_len), after checking its shape (``n >= 1``) and ids in ``0..vocab-1``."""
+    x = torch.as_tensor(np.asarray(x), dtype=torch.long)
+    if x.ndim != 2 or len(x) == 0 or x.shape[1] != cfg.seq_len:
+        raise ValueError(f"x must have shape (n >= 1, {cfg.seq_len}), got {tuple(x.shape)}")
+    if x.min() < 0 or x.max() >= cfg.vocab:
+        raise ValueError(f"x must hold token ids in 0..{cfg.vocab - 1}")
+    return x
 
 
 class SelfAttention(nn.Module):
@@ -158,10 +169,15 @@ class Transformer(nn.Module):
         patterns : list of torch.Tensor, only if ``return_attention``
             One (B, H, L, L) attention pattern per layer, queries on axis 2 and keys on axis 3.
         """
+        h, patterns = self.hidden(x)
+        logits = self.readout(h.flatten(1) if self.cfg.task == "root" else h)
+        return (logits, patterns) if return_attention else logits
+
+    def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last layer's token representations (B, L, d) and every layer's pattern (B, H, L, L)."""
         h = self.dropout(self.embed(x) + self.pe)                              # (B, L, d)
         patterns = []
         for layer in self.layers:
             h, pattern = layer(h)
             patterns.append(pattern)
-        logits = self.readout(h.flatten(1) if self.cfg.task == "root" else h)
-        return (logits, patterns) if return_attention else logits
+        return h, patterns

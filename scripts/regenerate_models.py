@@ -43,8 +43,8 @@ def main() -> None:
             print(f"{name:18s} {store.key(cfg)}  kept")
             continue
         t0 = time.perf_counter()
-        store.save(cfg, *train.train(cfg))
-        history = store.load(cfg)[1]
+        model, history, info, checkpoints = train.train(cfg)
+        store.save(cfg, model, history, info, checkpoints)
         final = history[history.step == cfg.n_steps].set_index("k_test").accuracy
         print(f"{name:18s} {store.key(cfg)}  {time.perf_counter() - t0:6.0f} s  "
               f"accuracy on k_test = {cfg.k_train}: {final[cfg.k_train]:.4f}", flush=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from lib import potts
+from lib import potts, replica
 
 L, Q, BETA = 4, 3, 1.2
 
@@ -75,6 +75,19 @@ def test_bad_sequences_and_sizes_rejected(model):
         potts.enumerate_states(*potts.random_couplings(23, 2), 1.0)
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
         potts.pl_objective(J, U, np.zeros((1, L), dtype=int), lam=-1.0)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+        potts.fit_pseudolikelihood(np.zeros((2, L), dtype=int), Q, lam=-1.0)
+    layer, s = potts.FactoredAttention(L, Q), np.zeros((4, L), dtype=int)
+    with pytest.raises(ValueError, match="batch_size must be in >= 1"):
+        potts.test_loss(layer, s, Q, batch_size=0)
+    assert layer.training                                     # a rejected call leaves the mode alone
+    with pytest.raises(ValueError, match="batch_size must be in >= 1"):
+        potts.train_mlm(layer, s, s, Q, steps=1, batch_size=0)
+
+
+def test_random_couplings_share_the_replica_coupling_matrix():
+    J, _ = potts.random_couplings(30, 3, seed=7)
+    assert np.array_equal(J, replica.gaussian_couplings(30, 1.0, seed=7))
 
 
 # --- the model ---------------------------------------------------------------------------------------

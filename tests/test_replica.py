@@ -77,3 +77,6 @@ def test_simulate_rejects_bad_arguments():
         replica.simulate(50, [1.0], [0.1], nu=1.5)
     with pytest.raises(ValueError, match=r"n_sites must be in 1\.\.50"):
         replica.simulate(50, [1.0], [0.1], n_sites=51)
+    x, J = np.zeros((5, 4)), np.zeros((4, 4))
+    with pytest.raises(ValueError, match="lams must be a finite number >= 0"):
+        replica.ridge_errors(x, np.eye(4), J, 3.0, [0], [0.1, -1.0])

@@ -84,3 +84,7 @@ def test_bad_parameters():
                                               n_layers=1, d_ff=8)))
     with pytest.raises(ValueError, match="n_topics"):
         text.fit_lda([["a", "b"]], 1)
+    with pytest.raises(ValueError, match="n_classes"):
+        text.mask_text(np.zeros((2, 8), dtype=int), 0)
+    with pytest.raises(ValueError, match="ids must"):
+        text.mask_text(np.zeros(8, dtype=int), 5)

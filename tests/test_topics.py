@@ -293,3 +293,13 @@ def test_other_functions_reject_bad_parameters(corpus):
         tp.stage_time([0, 1], [0, 1], fraction=0.0)
     with pytest.raises(ValueError, match="alpha"):
         tp.bayes_loss_limit(10, 10, -1.0)
+    with pytest.raises(ValueError, match=r"p_random \+ p_keep"):
+        tp.bayes_loss(data, T, V_PER, ALPHA, p_random=0.6, p_keep=0.6)
+    with pytest.raises(ValueError, match="p_keep"):
+        tp.bayes_loss(data, T, V_PER, ALPHA, p_keep=-0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        tp.evaluate(model, data, batch_size=0)
+    with pytest.raises(ValueError, match="no masked positions"):
+        tp.evaluate(model, tp.unmasked(corpus[0][:3]))
+    with pytest.raises(ValueError, match="ids must"):
+        tp.attention_by_topic(torch.zeros(1, 2, 2), torch.tensor([[0, 9]]), tp.topic_of_id(2, 2))

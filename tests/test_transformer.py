@@ -2,11 +2,13 @@
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from lib.transformer import ModelConfig, Transformer, sinusoidal_positions
+from lib import attention, probe, train
+from lib.transformer import ModelConfig, Transformer, sinusoidal_positions, token_ids
 
 ROOT = ModelConfig(vocab=4, seq_len=16, n_classes=4, task="root", d_model=32, n_layers=3,
                    n_heads=4, d_ff=64, dropout=0.1)
@@ -96,3 +98,19 @@ def test_mlm_vocabulary_includes_the_mask():
     with pytest.raises(ValueError, match=r"n_classes \+ 1"):
         replace(MLM, vocab=4)
     assert MLM.mask_id == 4
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((2, 7), dtype=int), r"shape \(n >= 1, 8\)"),
+    (np.zeros((0, 8), dtype=int), r"shape \(n >= 1, 8\)"),
+    (np.full((2, 8), 5), r"token ids in 0..4"),
+    (np.full((2, 8), -1), r"token ids in 0..4"),
+])
+def test_token_ids_rejects_bad_inputs_for_every_caller(x, match):
+    cfg = ModelConfig(vocab=5, seq_len=8, n_classes=4, task="mlm", d_model=8, n_layers=1, n_heads=2, d_ff=8)
+    model = Transformer(cfg)
+    for call in (lambda: token_ids(cfg, x), lambda: probe.residual_stream(model, x),
+                 lambda: attention.average_patterns(model, x), lambda: train.log_probs(model, x)):
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert token_ids(cfg, np.ones((3, 8))).dtype == torch.long
