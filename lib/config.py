@@ -24,6 +24,14 @@ from lib.tree import BOOK_SETTING
 from lib.validate import check_int, check_real
 
 
+SCHEDULES = ("cosine", "plateau")
+
+#: Field values that a run's identity (`lib.store.key`) leaves out: the values every run had
+#: before the field existed, so that older entries keep their keys. Frozen: never edit a value.
+LEGACY_FIELDS = {"checkpoints": (), "schedule": "cosine", "patience": 4, "lr_decay": 0.5,
+                 "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run.
@@ -52,6 +60,15 @@ class TrainConfig:
     checkpoints : tuple of int
         Steps in ``0..n_steps`` (increasing) at which the weights are kept and the model is
         evaluated; they do not change the training trajectory. Empty by default.
+    schedule : str
+        ``"cosine"``: warm-up then cosine decay over exactly ``n_steps`` (a fixed budget).
+        ``"plateau"``: warm-up then a constant rate, multiplied by ``lr_decay`` whenever the
+        validation loss has not improved by a relative ``min_delta`` for ``patience``
+        consecutive validations (every ``eval_every`` steps); the run has converged, and stops,
+        at the plateau after the ``n_decays``-th decay, or at the cap ``n_steps``.
+    n_val, val_seed : int
+        Held-out validation sequences at level ``k_train`` (``"plateau"`` only; never trained
+        on, like the test sets) and their seed.
     """
 
     model: ModelConfig
@@ -75,6 +92,13 @@ class TrainConfig:
     init_seed: int = 0
     mask_seed: int = 0
     checkpoints: tuple[int, ...] = ()
+    schedule: str = "cosine"
+    patience: int = 4
+    lr_decay: float = 0.5
+    n_decays: int = 3
+    min_delta: float = 1e-3
+    n_val: int = 2048
+    val_seed: int = 2
 
     def __post_init__(self):
         check_int("depth", self.depth, 1)
@@ -102,6 +126,16 @@ class TrainConfig:
         if any(b <= a for a, b in zip(steps, steps[1:])):
             raise ValueError(f"checkpoints must be strictly increasing, got {steps}")
         object.__setattr__(self, "checkpoints", steps)      # a list given by the caller becomes a tuple
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_int("patience", self.patience, 1)
+        if not 0.0 < check_real("lr_decay", self.lr_decay, 0.0) < 1.0:
+            raise ValueError(f"lr_decay must be in (0, 1), got {self.lr_decay}")
+        check_int("n_decays", self.n_decays, 0)
+        if not 0.0 <= check_real("min_delta", self.min_delta, 0.0) < 1.0:
+            raise ValueError(f"min_delta must be in [0, 1), got {self.min_delta}")
+        check_int("n_val", self.n_val, 1)
+        check_int("val_seed", self.val_seed, 0)
 
     @property
     def task(self) -> str:
@@ -147,11 +181,60 @@ def checkpoint_steps(n_steps: int) -> tuple[int, ...]:
     return tuple(sorted({0, *(round(n_steps * 2.0**-e) for e in range(8))}))
 
 
+def power_checkpoints(n_steps: int, first: int = 32) -> tuple[int, ...]:
+    """Step 0 and the powers of two from ``first`` up to ``n_steps``: checkpoints of a run whose
+    length a convergence criterion decides (those past the stopping step are never reached)."""
+    check_int("n_steps", n_steps, 1)
+    check_int("first", first, 1)
+    return (0, *(2**e for e in range(n_steps.bit_length()) if first <= 2**e <= n_steps))
+
+
+#: The convergence recipe of chapter 4's runs (laptop): a plateau schedule whose step cap is
+#: rarely reached; validation every ``eval_every`` steps on ``n_val`` held-out sequences.
+CONVERGED = {"root": dict(schedule="plateau", n_steps=12_000, eval_every=250, n_val=4096,
+                          n_evals=30),
+             "mlm": dict(schedule="plateau", n_steps=30_000, eval_every=500, n_val=1024,
+                         n_monitor=512, n_evals=30)}
+#: Seeds of the replicas of every headline run: ``_s{s}`` has ``init_seed = data_seed = s``.
+REPLICAS = (1, 2)
+
+
+def converged_config(task: str, profile: str, k_train: int = 0, seed: int = 0) -> TrainConfig:
+    """The run of ``task`` on data filtered at ``k_train`` trained to convergence (``"plateau"``
+    schedule), with ``init_seed = data_seed = seed``. ``paper``: the paper's optimiser and data,
+    validated once per epoch, capped at its number of epochs."""
+    cfg = train_config(task, profile, k_train)
+    if profile == "laptop":
+        cfg = replace(cfg, **CONVERGED[task])
+    else:
+        epoch = cfg.n_train // cfg.batch_size
+        cfg = replace(cfg, schedule="plateau", eval_every=epoch, n_val=4096)
+    return replace(cfg, init_seed=seed, data_seed=seed)
+
+
 def chapter4_runs(profile: str) -> dict[str, TrainConfig]:
-    """Every run chapter 4 shows, by name, most important first: both tasks at each ``k`` (the
-    ``k = 0`` runs keep :func:`checkpoint_steps` for chapter 5), the masked-token runs again with a
-    four times longer schedule (``laptop``; in ``paper`` they are the same runs), a depth
-    sweep (root, k = 0, 1 to depth layers) and a training-set-size sweep (root, k in {0, 2, 4})."""
+    """Chapter 4's converged runs, by name, most important first: ``root_k{k}`` and ``mlm_k{k}``
+    for ``k = 0..depth`` (seed 0; the ``k = 0`` runs keep :func:`power_checkpoints` for chapter
+    5), then their replicas ``{name}_s{s}`` for ``s`` in :data:`REPLICAS`, which differ only in
+    ``init_seed`` and ``data_seed``."""
+    depth = BOOK_SETTING["depth"]
+    runs = {}
+    for seed in (0, *REPLICAS):
+        for task in ("root", "mlm"):
+            for k in range(depth + 1):
+                cfg = converged_config(task, profile, k, seed)
+                if k == 0 and seed == 0:
+                    cfg = replace(cfg, checkpoints=power_checkpoints(cfg.n_steps))
+                runs[f"{task}_k{k}" + (f"_s{seed}" if seed else "")] = cfg
+    return runs
+
+
+def legacy_chapter4_runs(profile: str) -> dict[str, TrainConfig]:
+    """The fixed-budget runs chapters 4 and 5 show until the store holds every run of
+    :func:`chapter4_runs`: both tasks at each ``k`` (the ``k = 0`` runs keep
+    :func:`checkpoint_steps` for chapter 5), the masked-token runs again with a four times
+    longer schedule (``laptop``; in ``paper`` they are the same runs), a depth sweep (root,
+    k = 0, 1 to depth layers) and a training-set-size sweep (root, k in {0, 2, 4})."""
     depth = BOOK_SETTING["depth"]
     runs = {}
     for task in ("root", "mlm"):
@@ -177,4 +260,20 @@ def chapter4_runs(profile: str) -> dict[str, TrainConfig]:
             runs[f"root_k{k}_P{P}"] = replace(base, n_train=P, n_steps=steps,
                                               n_evals=10 if profile == "laptop" else base.n_evals,
                                               warmup_steps=min(base.warmup_steps, 100))
+    return runs
+
+
+def tiny_runs(profile: str = "laptop") -> dict[str, TrainConfig]:
+    """Two seconds-long runs on a q = 3, depth 3 grammar (one per task and schedule): the sweep
+    CI exercises and the golden histories of ``tests/golden`` (the same for both profiles)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    runs = {}
+    for task, schedule in (("root", "plateau"), ("mlm", "cosine")):
+        model = ModelConfig(vocab=3 + (task == "mlm"), seq_len=8, n_classes=3, task=task, d_model=8,
+                            n_layers=1, n_heads=2, d_ff=16, dropout=0.0)
+        runs[f"tiny_{task}"] = TrainConfig(
+            model=model, q=3, depth=3, n_steps=400, batch_size=32, warmup_steps=4, n_test=64,
+            n_monitor=32, n_evals=4, eval_every=20, schedule=schedule, patience=2, n_decays=1,
+            n_val=64, min_delta=0.01, checkpoints=(0, 20))
     return runs

@@ -1,6 +1,7 @@
 """Which profile, code and software produced a page: read by every chapter's last cell."""
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -17,6 +18,30 @@ def profile() -> str:
     if name not in PROFILES:
         raise ValueError(f"BOOK_PROFILE must be one of {PROFILES}, got {name!r}")
     return name
+
+
+def _git(*args: str) -> str:
+    """Output of a git command in the repository the library was imported from."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def code_state() -> dict:
+    """The code a result comes from: ``commit`` (full SHA of HEAD, or ``"unknown"`` outside git),
+    ``dirty`` (tracked files differ from it), ``diff_sha256`` (of ``git diff HEAD``, ``None``
+    when clean) and ``lib_sha256`` (of every ``lib/*.py`` file, names and contents)."""
+    lib = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(lib.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    try:
+        commit, diff = _git("rev-parse", "HEAD"), _git("diff", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        commit, diff = "unknown", ""
+    return {"commit": commit, "dirty": bool(diff),
+            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+            "lib_sha256": digest.hexdigest()}
 
 
 def git_commit() -> str:

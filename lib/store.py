@@ -5,20 +5,24 @@ An entry is three files named by :func:`key`, a hash of the whole :class:`lib.co
 
 - ``<key>.pt``: the float32 state dict;
 - ``<key>.csv``: the history table of `lib.train.train`;
-- ``<key>.json``: the config itself and the provenance (commit, device, wall time, versions);
+- ``<key>.json``: the config itself and the provenance (clean commit, hash of the library code,
+  device, wall time, versions), written last;
 - ``<key>.checkpoints.pt``, only for a config with ``checkpoints``: ``{step: state dict}``.
 
-:func:`load_or_train` reuses an entry only when its stored config equals the requested one
-exactly; an entry whose config differs (edited by hand, or written by other code) raises instead
-of being used, and an absent entry is trained and saved. Bump :data:`FORMAT` whenever a change to
-`lib.train` or `lib.transformer` changes what a config produces: every old entry then stops
-matching. Introduced in chapter 4.
+The chapters only :func:`require` entries: a missing one is an error naming the command that
+regenerates it (`scripts/regenerate_models.py`, which trains through `lib.sweep`). An entry is
+used only when its stored config equals the requested one exactly. :func:`status` also calls an
+entry stale when its record names no clean commit. Bump :data:`FORMAT` whenever a change to
+`lib.train` or `lib.transformer` changes what a config produces (the golden test in
+``tests/test_store.py`` fails until then): every old entry then stops matching. Introduced in
+chapter 4.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,8 +30,8 @@ import pandas as pd
 import torch
 
 from lib import train
-from lib.config import TrainConfig
-from lib.provenance import git_commit
+from lib.config import LEGACY_FIELDS, TrainConfig
+from lib.provenance import code_state
 from lib.transformer import Transformer
 
 #: Default location of the store, ``data/models`` in the repository.
@@ -39,11 +43,11 @@ FORMAT = 1
 def _record(cfg: TrainConfig) -> dict:
     """The JSON-ready identity of a run: store format plus every config field.
 
-    An empty ``checkpoints`` is left out, so entries written before that field existed keep their key.
+    A field at its value in `lib.config.LEGACY_FIELDS` is left out, so entries written before
+    that field existed keep their key.
     """
-    config = dataclasses.asdict(cfg)
-    if not config["checkpoints"]:
-        del config["checkpoints"]
+    config = {name: value for name, value in dataclasses.asdict(cfg).items()
+              if name not in LEGACY_FIELDS or value != LEGACY_FIELDS[name]}
     return {"format": FORMAT, "config": config}
 
 
@@ -53,24 +57,98 @@ def key(cfg: TrainConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class DirtyTree(ValueError):
+    """Raised when a run would be saved from a working tree that differs from its commit."""
+
+
+class MissingEntry(LookupError):
+    """Raised by :func:`require` when the store has no entry for a run."""
+
+
+def _write(path: Path, write) -> None:
+    """Call ``write(tmp)`` for a temporary file next to ``path``, then rename it to ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save(cfg: TrainConfig, model: Transformer, history: pd.DataFrame, info: dict,
-         checkpoints: dict | None = None, root: Path = STORE) -> Path:
-    """Write an entry (with ``checkpoints``, ``{step: state dict}``, for every step of
-    ``cfg.checkpoints``); returns the path of its JSON record."""
-    if set(checkpoints or {}) != set(cfg.checkpoints):
-        raise ValueError(f"checkpoints must hold exactly the steps {cfg.checkpoints} of the config, "
-                         f"got {sorted(checkpoints or {})}")
+         checkpoints: dict | None = None, root: Path = STORE, allow_dirty: bool = False) -> Path:
+    """Write an entry; returns the path of its JSON record.
+
+    ``checkpoints`` (``{step: state dict}``) holds the steps of ``cfg.checkpoints`` the run
+    reached. Every file is written atomically and the JSON record last, so an interrupted save
+    leaves no entry. The record names the commit and a hash of the library code.
+
+    Raises
+    ------
+    DirtyTree
+        If tracked files differ from the commit, unless ``allow_dirty`` (the hash of the diff is
+        then recorded, and `scripts/regenerate_models.py --check` reports the entry as stale).
+    """
+    stop = history.step.max()
+    if set(checkpoints or {}) != {s for s in cfg.checkpoints if s <= stop}:
+        raise ValueError(f"checkpoints must hold exactly the steps of {cfg.checkpoints} up to the "
+                         f"last step {stop}, got {sorted(checkpoints or {})}")
+    code = code_state()
+    if code["dirty"] and not allow_dirty:
+        raise DirtyTree("the working tree differs from its commit: commit first (or pass "
+                        "allow_dirty=True, which records the diff's hash)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stem = root / key(cfg)
-    torch.save(train.cpu_state(model), f"{stem}.pt")
+    _write(Path(f"{stem}.pt"), lambda p: torch.save(train.cpu_state(model), p))
     if cfg.checkpoints:
-        torch.save({int(s): checkpoints[s] for s in cfg.checkpoints}, f"{stem}.checkpoints.pt")
-    history.to_csv(f"{stem}.csv", index=False, float_format="%.6g")
-    meta = {**_record(cfg), "provenance": {**info, "commit": git_commit(),
+        _write(Path(f"{stem}.checkpoints.pt"), lambda p: torch.save(
+            {int(s): state for s, state in sorted(checkpoints.items())}, p))
+    _write(Path(f"{stem}.csv"), lambda p: history.to_csv(p, index=False, float_format="%.6g"))
+    meta = {**_record(cfg), "provenance": {**info, **code,
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-    Path(f"{stem}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    _write(Path(f"{stem}.json"), lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True)))
     return Path(f"{stem}.json")
+
+
+def partial_path(cfg: TrainConfig, root: Path = STORE) -> Path:
+    """Where a run of ``cfg`` in progress keeps its resumable state (not committed)."""
+    return Path(root) / "partial" / f"{key(cfg)}.pt"
+
+
+def status(cfg: TrainConfig, root: Path = STORE) -> str:
+    """``"ok"``, ``"missing"``, or ``"stale: <why>"`` for the entry of ``cfg``: a stored config
+    that differs, a file missing, or a record that names no clean commit."""
+    try:
+        entry = _entry(cfg, root)
+    except ValueError:
+        return "stale: the stored config differs"
+    if entry is None:
+        return "missing"
+    stem, meta = entry
+    if not all(Path(f"{stem}.{ext}").exists() for ext in ("pt", "csv")):
+        return "stale: files missing"
+    if cfg.checkpoints and not Path(f"{stem}.checkpoints.pt").exists():
+        return "stale: checkpoint file missing"
+    commit = meta["provenance"].get("commit", "unknown")
+    if commit.endswith("+dirty") or meta["provenance"].get("dirty", False) or commit == "unknown":
+        return f"stale: written from an uncommitted tree ({commit})"
+    return "ok"
+
+
+def require(cfg: TrainConfig, name: str | None = None, root: Path = STORE):
+    """The stored ``(model, history, provenance)`` for ``cfg``; never trains.
+
+    Raises
+    ------
+    MissingEntry
+        If there is no entry, naming the command that regenerates it.
+    ValueError
+        If the entry is stale (as in :func:`load`).
+    """
+    entry = load(cfg, root)
+    if entry is None:
+        only = f" --only {name}" if name else ""
+        raise MissingEntry(f"the model store has no entry {key(cfg)} for run {name or cfg}; "
+                           f"regenerate it with: python scripts/regenerate_models.py{only}")
+    return entry
 
 
 def _entry(cfg: TrainConfig, root: Path):
@@ -125,8 +203,10 @@ def load_checkpoints(cfg: TrainConfig, root: Path = STORE) -> dict[int, Transfor
     return {step: _model(cfg, states[step]) for step in cfg.checkpoints}
 
 
-def load_or_train(cfg: TrainConfig, root: Path = STORE, progress: bool = True):
-    """The stored run for ``cfg`` if present, else train it with `lib.train.train` and save it.
+def load_or_train(cfg: TrainConfig, root: Path = STORE, progress: bool = True,
+                  allow_dirty: bool = False):
+    """The stored run for ``cfg`` if present, else train it with `lib.train.train` and save it
+    (for a reader's own experiments; the book's chapters only :func:`require` entries).
 
     Returns
     -------
@@ -137,5 +217,5 @@ def load_or_train(cfg: TrainConfig, root: Path = STORE, progress: bool = True):
     entry = load(cfg, root)
     if entry is not None:
         return entry
-    save(cfg, *train.train(cfg, progress=progress), root=root)
+    save(cfg, *train.train(cfg, progress=progress), root=root, allow_dirty=allow_dirty)
     return load(cfg, root)          # read back, so a fresh and a stored run give identical tables

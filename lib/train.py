@@ -10,9 +10,14 @@ chapter 4.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -77,12 +82,40 @@ def _batches(cfg: TrainConfig, M: np.ndarray, exclude: np.ndarray):
             yield roots[order[i:i + B]], leaves[order[i:i + B]]
 
 
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Learning-rate multiplier: linear warm-up to 1, then cosine decay to ``lr_final`` at ``n_steps``."""
+def lr_factor(cfg: TrainConfig, step: int, decays: int = 0) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up to 1, then a cosine decay to
+    ``lr_final`` at ``n_steps`` (``schedule="cosine"``) or ``lr_decay ** decays`` after
+    ``decays`` plateaus (``schedule="plateau"``)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "plateau":
+        return cfg.lr_decay ** decays
     t = (step - cfg.warmup_steps) / max(1, cfg.n_steps - cfg.warmup_steps)
     return cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+@dataclass
+class Plateau:
+    """The convergence criterion of ``schedule="plateau"``: counts validations without a relative
+    improvement of ``min_delta`` on the best loss; ``patience`` of them in a row make one decay,
+    and the run has converged at the plateau after ``n_decays`` decays."""
+
+    patience: int
+    min_delta: float
+    n_decays: int
+    best: float = math.inf
+    stale: int = 0
+    decays: int = 0
+
+    def update(self, loss: float) -> bool:
+        """Record one validation loss (NaN never improves); return True once converged."""
+        if loss < self.best * (1 - self.min_delta):
+            self.best, self.stale = loss, 0
+        else:
+            self.stale += 1
+        if self.stale >= self.patience:
+            self.decays, self.stale = self.decays + 1, 0
+        return self.decays > self.n_decays
 
 
 def eval_steps(cfg: TrainConfig) -> np.ndarray:
@@ -138,15 +171,32 @@ def _score(logp: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(-picked.mean()), float((logp.argmax(-1) == target).mean())
 
 
-def evaluate(model: Transformer, tests: dict, n: int) -> list[dict]:
-    """Loss and accuracy on the first ``n`` sequences of every test set; one dict per ``k_test``."""
+def evaluate(model: Transformer, tests: dict, n: int, refs: dict | None = None) -> list[dict]:
+    """Loss and accuracy on the first ``n`` sequences of every test set; one dict per ``k_test``.
+
+    With ``refs`` (:func:`bp_posteriors` of the same test sets) each dict also holds
+    ``kl_bp{k}``, the mean over sequences (and positions) of KL(BP_k || model) in nats, BP_k
+    being exact inference that assumes filtering level ``k``: the paper's climbing metric.
+    """
     rows = []
     for k, (roots, leaves) in tests.items():
         logp = log_probs(model, leaves[:n]).numpy()
         target = roots[:n] if model.cfg.task == "root" else leaves[:n]
         loss, acc = _score(logp, target)
-        rows.append({"k_test": k, "n_test": n, "loss": loss, "accuracy": acc})
+        row = {"k_test": k, "n_test": n, "loss": loss, "accuracy": acc}
+        for k_model, p in enumerate(refs[k][:, :n] if refs else ()):
+            with np.errstate(divide="ignore", invalid="ignore"):     # 0 log 0 = 0
+                terms = np.where(p > 0, p * (np.log(p) - logp), 0.0)
+            row[f"kl_bp{k_model}"] = float(terms.sum(-1).mean())
+        rows.append(row)
     return rows
+
+
+def bp_posteriors(cfg: TrainConfig, M: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    """BP_k's answer for every ``k = 0..depth`` on ``leaves`` (n, L): (depth+1, n, q) root
+    posteriors or (depth+1, n, L, q) leave-one-out leaf conditionals, by the run's task."""
+    posterior = bp.root_posterior if cfg.task == "root" else bp.leaf_posterior
+    return np.stack([posterior(M, leaves, k) for k in range(cfg.depth + 1)])
 
 
 def bp_reference(cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:
@@ -159,11 +209,8 @@ def bp_reference(cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:
     M, n = grammar(cfg), n or cfg.n_test
     rows = []
     for k_test, (roots, leaves) in test_sets(cfg, M).items():
-        for k_model in range(cfg.depth + 1):
-            if cfg.task == "root":
-                p, target = bp.root_posterior(M, leaves[:n], k_model), roots[:n]
-            else:
-                p, target = bp.leaf_posterior(M, leaves[:n], k_model), leaves[:n]
+        target = roots[:n] if cfg.task == "root" else leaves[:n]
+        for k_model, p in enumerate(bp_posteriors(cfg, M, leaves[:n])):
             with np.errstate(divide="ignore"):       # log 0 = -inf: symbols BP rules out exactly
                 loss, acc = _score(np.log(p), target)
             rows.append({"k_model": k_model, "k_test": k_test, "loss": loss, "accuracy": acc})
@@ -183,8 +230,81 @@ def _inputs(cfg: TrainConfig, roots, leaves, masks: torch.Generator):
     return x, y, pos
 
 
-def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
-    """Train one model from scratch.
+def validation_set(cfg: TrainConfig, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``n_val`` held-out ``(roots, leaves)`` at level ``k_train`` from ``val_seed`` (the plateau
+    criterion's data; like the test sets, never trained on)."""
+    return tree.sample(M, cfg.depth, cfg.n_val, k=cfg.k_train, seed=_seed(cfg.val_seed, 99, cfg.k_train))
+
+
+def _data(cfg: TrainConfig):
+    """Grammar, test sets, validation set (``None`` for ``"cosine"``) and the codes of every
+    held-out sequence, which training draws reject."""
+    M = grammar(cfg)
+    tests = test_sets(cfg, M)
+    val = validation_set(cfg, M) if cfg.schedule == "plateau" else None
+    held = [leaves for _, leaves in tests.values()] + ([val[1]] if val else [])
+    return M, tests, val, np.concatenate([_codes(x, cfg.q) for x in held])
+
+
+def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> None:
+    """One optimiser step on a training batch ``(roots, leaves)`` at learning rate ``lr``."""
+    device = next(model.parameters()).device
+    for group in opt.param_groups:
+        group["lr"] = lr
+    model.train()
+    x, y, pos = _inputs(cfg, *batch, masks)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x.to(device))
+    if pos is not None:
+        logits = logits[torch.arange(len(pos)), pos.to(device)]
+    loss = F.cross_entropy(logits.float(), y.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _validation_loss(model: Transformer, val) -> float:
+    """Mean cross-entropy (nats) on the validation set (every position, for masked tokens)."""
+    logp = log_probs(model, val[1]).numpy()
+    return _score(logp, val[0] if model.cfg.task == "root" else val[1])[0]
+
+
+def _snapshot(cfg, state: dict, model, opt, masks, plateau: Plateau) -> dict:
+    """Everything a resumed run needs to continue bit for bit (weights, Adam, RNG streams)."""
+    return {"config": dataclasses.asdict(cfg), **state, "model": cpu_state(model),
+            "opt": opt.state_dict(), "masks": masks.get_state(), "torch_rng": torch.get_rng_state(),
+            "plateau": dataclasses.asdict(plateau)}
+
+
+def _save_partial(path: Path, snapshot: dict) -> None:
+    """Write ``snapshot`` to ``path`` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(snapshot, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def _resume(cfg, path: Path, model, opt, masks, plateau: Plateau) -> dict:
+    """Load a partial run into the objects given; returns its bookkeeping state."""
+    snap = torch.load(path, weights_only=False)
+    if snap["config"] != dataclasses.asdict(cfg):
+        raise ValueError(f"partial run {path} belongs to another config; delete it to restart")
+    model.load_state_dict(snap["model"])
+    opt.load_state_dict(snap["opt"])
+    masks.set_state(snap["masks"])
+    torch.set_rng_state(snap["torch_rng"])
+    for name, value in snap["plateau"].items():
+        setattr(plateau, name, value)
+    return {k: snap[k] for k in ("step", "rows", "states", "train_s", "eval_s")}
+
+
+#: Wall seconds between two saves of a partial run (``train(partial=...)``).
+SAVE_EVERY_S = 60.0
+
+
+def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
+          partial: str | Path | None = None, stop_at: int | None = None,
+          report: Callable[[dict], None] | None = None, amp: bool = False):
+    """Train one model from scratch, or resume it from a partial run.
 
     Parameters
     ----------
@@ -193,6 +313,15 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
         Show a tqdm progress bar.
     device : str, optional
         Torch device; CUDA when available, else CPU.
+    partial : path, optional
+        File of a partial run: resumed from if it exists, rewritten every :data:`SAVE_EVERY_S`
+        seconds, deleted at the end. A resumed run is bit-identical to an uninterrupted one.
+    stop_at : int, optional
+        Stop before training step ``stop_at`` (after saving ``partial``) and return ``None``.
+    report : callable, optional
+        Called after every evaluation with ``{"step", "n_steps", "accuracy", "lr_factor"}``.
+    amp : bool
+        bfloat16 autocast in the training forward pass (for GPUs; evaluation stays float32).
 
     Returns
     -------
@@ -200,52 +329,73 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None):
         In eval mode, on the CPU.
     history : pandas.DataFrame
         One row per (evaluation step, k_test): step, seqs (training sequences seen), wall_s
-        (training time so far, evaluation excluded), k_test, n_test, loss (nats), accuracy.
+        (training time so far, evaluation excluded), k_test, n_test, loss (nats), accuracy,
+        ``kl_bp0..kl_bp{depth}`` (:func:`evaluate`); for ``schedule="plateau"`` also
+        val_loss (NaN between validations) and lr_factor. The last step holds the whole test sets.
     info : dict
-        train_s and eval_s (wall seconds), device, torch version and thread count.
+        train_s and eval_s (wall seconds), device, torch version, thread count, amp, the
+        step the run stopped at and whether the criterion stopped it (``converged``).
     checkpoints : dict
-        ``{step: state dict}`` (float32 copies on the CPU) at every step of ``cfg.checkpoints``;
-        empty when there are none. Taking them does not change the run.
+        ``{step: state dict}`` (float32 copies on the CPU) at every step of ``cfg.checkpoints``
+        that the run reached; taking them does not change the run.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    M = grammar(cfg)
-    tests = test_sets(cfg, M)
-    exclude = np.concatenate([_codes(leaves, cfg.q) for _, leaves in tests.values()])
+    M, tests, val, exclude = _data(cfg)
+    refs = {k: bp_posteriors(cfg, M, leaves) for k, (_, leaves) in tests.items()}
     torch.manual_seed(cfg.init_seed)
     model = Transformer(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
     masks = torch.Generator().manual_seed(cfg.mask_seed)
+    plateau = Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
+    state = {"step": 0, "rows": [], "states": {}, "train_s": 0.0, "eval_s": 0.0}
+    partial = Path(partial) if partial else None
+    if partial and partial.exists():
+        state = _resume(cfg, partial, model, opt, masks, plateau)
     batches, evals = _batches(cfg, M, exclude), set(eval_steps(cfg).tolist())
-    rows, train_s, eval_s, states = [], 0.0, 0.0, {}
-    bar = tqdm(range(cfg.n_steps + 1), disable=not progress, desc=f"{cfg.task} k={cfg.k_train}")
-    for step in bar:
-        if step in evals:
-            t0 = time.perf_counter()
-            n = cfg.n_test if step == cfg.n_steps else cfg.n_monitor
-            for row in evaluate(model, tests, n):
-                rows.append({"step": step, "seqs": step * cfg.batch_size, "wall_s": train_s, **row})
-            bar.set_postfix(acc=f"{rows[-cfg.depth - 1 + cfg.k_train]['accuracy']:.3f}")
-            eval_s += time.perf_counter() - t0
+    for _ in range(state["step"]):                     # the data stream is a pure function of the step
+        next(batches)
+    bar = tqdm(total=cfg.n_steps, initial=state["step"], disable=not progress,
+               desc=f"{cfg.task} k={cfg.k_train}")
+    saved, converged = time.perf_counter(), False
+    for step in itertools.count(state["step"]):
+        if partial and step > 0 and (step == stop_at or time.perf_counter() - saved > SAVE_EVERY_S):
+            _save_partial(partial, _snapshot(cfg, {**state, "step": step}, model, opt, masks, plateau))
+            saved = time.perf_counter()
+        if step == stop_at:
+            return None
+        t0, row = time.perf_counter(), {}
+        if val is not None and step >= max(1, cfg.warmup_steps) and step % cfg.eval_every == 0:
+            row = {"val_loss": _validation_loss(model, val)}
+            converged = plateau.update(row["val_loss"])
+        final = converged or step == cfg.n_steps
+        if step in evals or final:
+            if val is not None:
+                row = {"val_loss": math.nan, **row, "lr_factor": lr_factor(cfg, step, plateau.decays)}
+            for r in evaluate(model, tests, cfg.n_test if final else cfg.n_monitor, refs):
+                state["rows"].append({"step": step, "seqs": step * cfg.batch_size,
+                                      "wall_s": state["train_s"], **r, **row})
+            ours = state["rows"][-cfg.depth - 1 + cfg.k_train]
+            bar.set_postfix(acc=f"{ours['accuracy']:.3f}")
+            if report:
+                report({"step": step, "n_steps": cfg.n_steps, "accuracy": ours["accuracy"],
+                        "lr_factor": lr_factor(cfg, step, plateau.decays)})
+        state["eval_s"] += time.perf_counter() - t0
         if step in cfg.checkpoints:
-            states[step] = cpu_state(model)
-        if step == cfg.n_steps:
+            state["states"][step] = cpu_state(model)
+        if final:
             break
         t0 = time.perf_counter()
-        model.train()
-        x, y, pos = _inputs(cfg, *next(batches), masks)
-        logits = model(x.to(device))
-        if pos is not None:
-            logits = logits[torch.arange(len(pos)), pos.to(device)]
-        loss = F.cross_entropy(logits, y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        train_s += time.perf_counter() - t0
-    info = {"train_s": train_s, "eval_s": eval_s, "device": str(device), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
-    return model.cpu().eval(), pd.DataFrame(rows), info, states
+        _step(cfg, model, opt, next(batches), masks, cfg.lr * lr_factor(cfg, step, plateau.decays),
+              amp and device.type == "cuda")
+        state["train_s"] += time.perf_counter() - t0
+        bar.update()
+    bar.close()
+    if partial and partial.exists():
+        partial.unlink()
+    info = {"train_s": state["train_s"], "eval_s": state["eval_s"], "device": str(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": amp,
+            "stop_step": step, "converged": converged}
+    return model.cpu().eval(), pd.DataFrame(state["rows"]), info, state["states"]
 
 
 def time_to_accuracy(history: pd.DataFrame, k_test: int, target: float) -> float:

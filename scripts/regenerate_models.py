@@ -1,61 +1,88 @@
-"""Regenerate every stored model of chapter 4 for one profile (the model store in data/models).
+"""Regenerate the model store (data/models) for one profile, through the sweep runner (lib.sweep).
 
-Usage (from the repository root, one CPU thread per process):
+Usage (from the repository root):
 
-    python scripts/regenerate_models.py --profile laptop            # train what is missing
-    python scripts/regenerate_models.py --profile laptop --force    # retrain everything
-    python scripts/regenerate_models.py --profile laptop --only root_k0 mlm_k0
+    python scripts/regenerate_models.py --check                  # list missing/stale runs, train nothing
+    python scripts/regenerate_models.py                          # train them, two local jobs at once
+    python scripts/regenerate_models.py --only root_k0 mlm_k0    # some runs only
+    python scripts/regenerate_models.py --profile paper --executor slurm --jobs 16 --amp
 
-Runs train one after another, most important first (`lib.config.chapter4_runs`); an entry already
-present with exactly the same config is kept unless ``--force``. ``--prune`` deletes entries that
-belong to no run of either profile (left behind by a changed config).
+Runs already stored with exactly their config and a clean commit are kept (``--force``
+retrains them); a run interrupted mid-way resumes from its partial state in data/models/partial.
+Entries are saved only from a clean working tree (commit first; ``--allow-dirty`` records the
+diff's hash and leaves the entry flagged stale). ``--sweep legacy`` names the fixed-budget runs
+the chapters show until every converged run is stored; ``--sweep tiny`` is the seconds-long
+sweep CI exercises. ``--prune`` deletes entries that belong to no run of any sweep.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from lib import config, store, train
+from lib import config, store, sweep
 from lib.provenance import PROFILES
 
+SWEEPS = {"chapter4": config.chapter4_runs, "legacy": config.legacy_chapter4_runs,
+          "tiny": config.tiny_runs}
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--profile", choices=PROFILES, default="laptop")
-    parser.add_argument("--only", nargs="*", help="run names (default: all runs of the profile)")
-    parser.add_argument("--force", action="store_true", help="retrain entries that already exist")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), default="chapter4")
+    parser.add_argument("--executor", choices=sweep.EXECUTORS, default="local")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (local, slurm)")
+    parser.add_argument("--only", nargs="*", help="run names (default: every run of the sweep)")
+    parser.add_argument("--check", action="store_true",
+                        help="list every missing or stale run and exit 1 if any; trains nothing")
+    parser.add_argument("--force", action="store_true", help="retrain runs already stored")
+    parser.add_argument("--allow-dirty", action="store_true", help="save from a modified tree")
     parser.add_argument("--prune", action="store_true", help="delete entries of no current run")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    parser.add_argument("--root", type=Path, default=store.STORE, help="store folder")
+    parser.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="submitit SLURM parameters, e.g. slurm_partition=gpu gpus_per_node=1")
+    return parser.parse_args()
 
-    runs = config.chapter4_runs(args.profile)
+
+def main() -> int:
+    args = parse()
+    runs = SWEEPS[args.sweep](args.profile)
     unknown = set(args.only or ()) - set(runs)
     if unknown:
-        parser.error(f"unknown run names {sorted(unknown)}; choose from {list(runs)}")
+        sys.exit(f"unknown run names {sorted(unknown)}; choose from {list(runs)}")
+    runs = {n: runs[n] for n in args.only} if args.only else runs
+    if args.check:
+        bad = {n: s for n, s in sweep.check(runs, args.root).items() if s != "ok"}
+        for name, state in bad.items():
+            print(f"{name:16s} {store.key(runs[name])}  {state}")
+        print(f"{len(runs) - len(bad)} of {len(runs)} runs of {args.sweep}/{args.profile} are stored"
+              f" and current; {len(bad)} missing or stale")
+        return int(bool(bad))
     start = time.perf_counter()
-    for name in args.only or runs:
-        cfg = runs[name]
-        if not args.force and store.load(cfg) is not None:
-            print(f"{name:18s} {store.key(cfg)}  kept")
-            continue
-        t0 = time.perf_counter()
-        model, history, info, checkpoints = train.train(cfg)
-        store.save(cfg, model, history, info, checkpoints)
-        final = history[history.step == cfg.n_steps].set_index("k_test").accuracy
-        print(f"{name:18s} {store.key(cfg)}  {time.perf_counter() - t0:6.0f} s  "
-              f"accuracy on k_test = {cfg.k_train}: {final[cfg.k_train]:.4f}", flush=True)
-    print(f"total {time.perf_counter() - start:.0f} s")
+    slurm = {k: int(v) if v.isdigit() else v for k, v in (i.split("=", 1) for i in args.slurm)}
+    done, failed = sweep.run(runs, args.executor, args.jobs, args.root, args.force, args.threads,
+                             args.amp, args.allow_dirty, slurm=slurm)
+    for job in done:
+        print(f"{job['name']:16s} {job['key']}  {job['train_s']:7.0f} s  stop {job['stop_step']:6d}"
+              f"  converged {job['converged']!s:5s}  accuracy on k_train {job['accuracy']:.4f}")
+    for name, error in failed.items():
+        print(f"{name:16s} FAILED  {error}")
+    print(f"total {time.perf_counter() - start:.0f} s wall, {len(done)} trained, {len(failed)} failed")
     if args.prune:
-        keep = {store.key(c) for p in PROFILES for c in config.chapter4_runs(p).values()}
-        for path in sorted(Path(store.STORE).glob("*.*")):
+        keep = {store.key(c) for sweep_of in SWEEPS.values() for p in PROFILES
+                for c in sweep_of(p).values()}
+        for path in sorted(Path(args.root).glob("*.*")):
             if path.name.split(".")[0] not in keep:
                 print(f"pruned {path.name}")
                 path.unlink()
+    return int(bool(failed))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

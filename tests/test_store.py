@@ -28,11 +28,11 @@ def test_key_depends_on_every_field():
 
 def test_load_or_train_trains_once_then_reuses(tmp_path):
     assert store.load(TINY, tmp_path) is None
-    model, history, prov = store.load_or_train(TINY, tmp_path, progress=False)
-    assert {"commit", "device", "train_s", "torch", "created"} <= set(prov)
+    model, history, prov = store.load_or_train(TINY, tmp_path, progress=False, allow_dirty=True)
+    assert {"commit", "lib_sha256", "device", "train_s", "torch", "created"} <= set(prov)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == [f"{store.key(TINY)}.{ext}" for ext in ("csv", "json", "pt")]
-    again, history2, _ = store.load_or_train(TINY, tmp_path, progress=False)
+    again, history2, _ = store.load_or_train(TINY, tmp_path, progress=False, allow_dirty=True)
     pd.testing.assert_frame_equal(history, history2)
     x = torch.randint(3, (5, 8))
     assert torch.equal(model(x), again(x))
@@ -50,7 +50,7 @@ def test_checkpoints_round_trip_and_are_part_of_the_key(tmp_path):
     with pytest.raises(ValueError, match="no checkpoints"):
         store.load_checkpoints(TINY, tmp_path)
     assert store.load_checkpoints(cfg, tmp_path) is None
-    model, _, _ = store.load_or_train(cfg, tmp_path, progress=False)
+    model, _, _ = store.load_or_train(cfg, tmp_path, progress=False, allow_dirty=True)
     assert (tmp_path / f"{store.key(cfg)}.checkpoints.pt").exists()
     models = store.load_checkpoints(cfg, tmp_path)
     assert sorted(models) == [0, 6, 12]
@@ -59,11 +59,11 @@ def test_checkpoints_round_trip_and_are_part_of_the_key(tmp_path):
     assert not torch.allclose(models[0](x), model(x))
     trained = train.train(cfg, progress=False)
     with pytest.raises(ValueError, match="exactly the steps"):
-        store.save(cfg, *trained[:3], {0: trained[3][0]}, root=tmp_path)
+        store.save(cfg, *trained[:3], {0: trained[3][0]}, root=tmp_path, allow_dirty=True)
 
 
 def test_a_stale_entry_is_never_used(tmp_path):
-    store.load_or_train(TINY, tmp_path, progress=False)
+    store.load_or_train(TINY, tmp_path, progress=False, allow_dirty=True)
     record = tmp_path / f"{store.key(TINY)}.json"
     meta = json.loads(record.read_text())
     meta["config"]["lr"] = 0.5                                  # an entry edited or written by other code
@@ -73,18 +73,16 @@ def test_a_stale_entry_is_never_used(tmp_path):
     meta["config"]["lr"], meta["format"] = TINY.lr, store.FORMAT - 1
     record.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="stale"):
-        store.load_or_train(TINY, tmp_path, progress=False)
+        store.load_or_train(TINY, tmp_path, progress=False, allow_dirty=True)
 
 
 def test_a_different_config_is_not_served_from_the_store(tmp_path):
-    store.load_or_train(TINY, tmp_path, progress=False)
+    store.load_or_train(TINY, tmp_path, progress=False, allow_dirty=True)
     assert store.load(replace(TINY, init_seed=3), tmp_path) is None
 
 
-def test_bundled_laptop_entries_match_their_configs():
-    """Every stored laptop run loads (its stored config is exactly the current one)."""
-    for cfg in config.chapter4_runs("laptop").values():
-        entry = store.load(cfg)
-        if entry is not None:
-            history = entry[1]
-            assert history.step.max() == cfg.n_steps
+def test_every_run_the_chapters_show_is_stored():
+    """The runs chapters 4 and 5 read are all in the store with exactly their configs."""
+    for name, cfg in config.legacy_chapter4_runs("laptop").items():
+        model, history, _ = store.require(cfg, name)
+        assert history.step.max() == cfg.n_steps, name

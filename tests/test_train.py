@@ -26,7 +26,9 @@ def tiny(task="root", depth=3, **fields):
 def test_loss_falls_and_history_is_tidy(task):
     _, history, info, checkpoints = train.train(tiny(task), progress=False)
     assert checkpoints == {}
-    assert list(history.columns) == ["step", "seqs", "wall_s", "k_test", "n_test", "loss", "accuracy"]
+    assert list(history.columns) == ["step", "seqs", "wall_s", "k_test", "n_test", "loss", "accuracy",
+                                     "kl_bp0", "kl_bp1", "kl_bp2", "kl_bp3"]
+    assert (history.filter(like="kl_bp") >= 0).all().all()
     assert set(history.k_test) == {0, 1, 2, 3}
     assert list(history.step.unique()) == list(train.eval_steps(tiny(task)))
     k0 = history[history.k_test == 0].set_index("step")
@@ -160,11 +162,11 @@ def test_profiles():
         config.train_config("root", "desktop")
     assert config.checkpoint_steps(4000) == (0, 31, 62, 125, 250, 500, 1000, 2000, 4000)
     for profile in ("laptop", "paper"):
-        runs = config.chapter4_runs(profile)
+        runs = config.legacy_chapter4_runs(profile)
         assert [n for n, c in runs.items() if c.checkpoints][:2] == ["root_k0", "mlm_k0"]
         assert runs["mlm_k0"].checkpoints[-1] == runs["mlm_k0"].n_steps
-    laptop_runs = config.chapter4_runs("laptop")
-    paper_runs = config.chapter4_runs("paper")
+    laptop_runs = config.legacy_chapter4_runs("laptop")
+    paper_runs = config.legacy_chapter4_runs("paper")
     for k in range(5):
         assert laptop_runs[f"mlm_k{k}_long"].n_steps == 4 * laptop_runs[f"mlm_k{k}"].n_steps
         assert paper_runs[f"mlm_k{k}_long"] == paper_runs[f"mlm_k{k}"]
