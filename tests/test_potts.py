@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from lib import potts, replica
+from lib import factored_attention, potts, potts_mlm, pseudolikelihood, replica
 
 L, Q, BETA = 4, 3, 1.2
 
@@ -29,7 +29,7 @@ def conditionals_from_energy(J, U, beta, s):
 
 
 def set_layer(J, U, beta):
-    layer = potts.FactoredAttention(J.shape[0], U.shape[0]).double()
+    layer = factored_attention.FactoredAttention(J.shape[0], U.shape[0]).double()
     with torch.no_grad():
         layer.scores.copy_(torch.tensor(beta * J))
         layer.V.copy_(torch.tensor(U))
@@ -74,15 +74,15 @@ def test_bad_sequences_and_sizes_rejected(model):
     with pytest.raises(ValueError, match="enumeration needs"):
         potts.enumerate_states(*potts.random_couplings(23, 2), 1.0)
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
-        potts.pl_objective(J, U, np.zeros((1, L), dtype=int), lam=-1.0)
+        pseudolikelihood.pl_objective(J, U, np.zeros((1, L), dtype=int), lam=-1.0)
     with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
-        potts.fit_pseudolikelihood(np.zeros((2, L), dtype=int), Q, lam=-1.0)
-    layer, s = potts.FactoredAttention(L, Q), np.zeros((4, L), dtype=int)
+        pseudolikelihood.fit_pseudolikelihood(np.zeros((2, L), dtype=int), Q, lam=-1.0)
+    layer, s = factored_attention.FactoredAttention(L, Q), np.zeros((4, L), dtype=int)
     with pytest.raises(ValueError, match="batch_size must be in >= 1"):
-        potts.test_loss(layer, s, Q, batch_size=0)
+        potts_mlm.test_loss(layer, s, Q, batch_size=0)
     assert layer.training                                     # a rejected call leaves the mode alone
     with pytest.raises(ValueError, match="batch_size must be in >= 1"):
-        potts.train_mlm(layer, s, s, Q, steps=1, batch_size=0)
+        potts_mlm.train_mlm(layer, s, s, Q, steps=1, batch_size=0)
 
 
 def test_random_couplings_share_the_replica_coupling_matrix():
@@ -172,10 +172,10 @@ def test_mlm_loss_equals_negative_log_pseudolikelihood_with_gradients(model):
     J, U, beta = model
     s = potts.sample(J, U, beta, 300, burn_in=10, seed=2)
     layer = set_layer(J, U, beta)
-    loss = potts.mlm_loss(layer, torch.as_tensor(s), mask_id=Q)
+    loss = potts_mlm.mlm_loss(layer, torch.as_tensor(s), mask_id=Q)
     loss.backward()
     ref = -np.take_along_axis(conditionals_from_energy(J, U, beta, s), s[:, :, None], 2).mean()
-    pl, dK, dV = potts.pl_objective(beta * J, U, s)
+    pl, dK, dV = pseudolikelihood.pl_objective(beta * J, U, s)
     assert abs(loss.item() - ref) < 1e-13 and abs(pl - ref) < 1e-13
     assert abs(potts.neg_log_pseudolikelihood(J, U, beta, s) - ref) < 1e-13
     np.testing.assert_allclose(layer.scores.grad.numpy(), dK, rtol=0, atol=1e-15)
@@ -187,14 +187,14 @@ def test_pl_gradient_with_ridge_matches_finite_differences(model):
     s = np.random.default_rng(1).integers(Q, size=(50, L))
     rng = np.random.default_rng(2)
     K, V = rng.standard_normal((L, L)), rng.standard_normal((Q, Q))
-    _, dK, dV = potts.pl_objective(K, V, s, lam=0.3)
+    _, dK, dV = pseudolikelihood.pl_objective(K, V, s, lam=0.3)
     h = 1e-6
     for X, dX in ((K, dK), (V, dV)):
         for idx in [(0, 1), (2, 0), (1, 2)]:
             X[idx] += h
-            up = potts.pl_objective(K, V, s, lam=0.3)[0]
+            up = pseudolikelihood.pl_objective(K, V, s, lam=0.3)[0]
             X[idx] -= 2 * h
-            down = potts.pl_objective(K, V, s, lam=0.3)[0]
+            down = pseudolikelihood.pl_objective(K, V, s, lam=0.3)[0]
             X[idx] += h
             assert abs((up - down) / (2 * h) - dX[idx]) < 1e-7
     assert dK[1, 1] == 0.0
@@ -204,7 +204,7 @@ def test_masking_changes_nothing_and_never_leaks(model):
     J, U, beta = model
     layer = set_layer(J, U, beta)
     s = torch.as_tensor(np.random.default_rng(3).integers(Q, size=(20, L)))
-    torch.testing.assert_close(potts.masked_logits(layer, s, Q), layer(s), rtol=0, atol=1e-14)
+    torch.testing.assert_close(potts_mlm.masked_logits(layer, s, Q), layer(s), rtol=0, atol=1e-14)
     t = s.clone()
     t[:, 0] = (t[:, 0] + 1) % Q                                  # change the target site
     torch.testing.assert_close(layer(t)[:, 0], layer(s)[:, 0], rtol=0, atol=0)
@@ -214,21 +214,21 @@ def test_loss_is_gauge_invariant_and_not_invariant_otherwise(model):
     J, U, beta = model
     s = np.random.default_rng(4).integers(Q, size=(100, L))
     K = beta * J + np.random.default_rng(5).standard_normal((L, L))   # any, even asymmetric, K
-    base = potts.pl_objective(K, U, s)[0]
+    base = pseudolikelihood.pl_objective(K, U, s)[0]
     f = np.array([0.7, -1.3, 2.0])
-    assert abs(potts.pl_objective(2.5 * K, U / 2.5, s)[0] - base) < 1e-13        # scale
-    assert abs(potts.pl_objective(K, U + f[None, :], s)[0] - base) < 1e-13        # colour shift f_b
-    assert abs(potts.pl_objective(K, U + f[:, None], s)[0] - base) > 1e-3         # a field: not a gauge
+    assert abs(pseudolikelihood.pl_objective(2.5 * K, U / 2.5, s)[0] - base) < 1e-13        # scale
+    assert abs(pseudolikelihood.pl_objective(K, U + f[None, :], s)[0] - base) < 1e-13        # colour shift f_b
+    assert abs(pseudolikelihood.pl_objective(K, U + f[:, None], s)[0] - base) > 1e-3         # a field: not a gauge
     # the coupling error is gauge-invariant too, and zero at the truth
-    assert potts.coupling_error(beta * J, U, J, U, beta) < 1e-14
-    assert potts.coupling_error(-3 * beta * J, -U / 3 + f, J, U, beta) < 1e-14
-    assert potts.coupling_error(beta * J, U + f[:, None], J, U, beta) > 0.01
+    assert pseudolikelihood.coupling_error(beta * J, U, J, U, beta) < 1e-14
+    assert pseudolikelihood.coupling_error(-3 * beta * J, -U / 3 + f, J, U, beta) < 1e-14
+    assert pseudolikelihood.coupling_error(beta * J, U + f[:, None], J, U, beta) > 0.01
 
 
 def test_fix_gauge_recovers_truth_from_transformed_parameters(model):
     J, U, beta = model
     f = np.array([0.1, 0.2, -0.5])
-    K, V = potts.fix_gauge(-0.5 * beta * J, -2 * U + f, U)
+    K, V = pseudolikelihood.fix_gauge(-0.5 * beta * J, -2 * U + f, U)
     np.testing.assert_allclose(K, beta * J, atol=1e-14)
     np.testing.assert_allclose(V, U - U.mean(axis=0), atol=1e-14)
 
@@ -239,18 +239,18 @@ def test_mlm_training_and_pseudolikelihood_fit_find_the_same_couplings():
     # (and at L = 20, q = 10) the starts we tried all reach one minimum, at L = 6, q = 3 some do not.
     J, U = potts.random_couplings(8, 4, seed=0)
     s = potts.sample(J, U, 1.0, 2000, burn_in=50, seed=1)
-    K, V = potts.fit_pseudolikelihood(s, 4, lam=1e-4, init_seed=0)
-    layer = potts.FactoredAttention(8, 4, init_seed=0).double()
-    final = potts.fit_factored(layer, s, lam=1e-4)
+    K, V = pseudolikelihood.fit_pseudolikelihood(s, 4, lam=1e-4, init_seed=0)
+    layer = factored_attention.FactoredAttention(8, 4, init_seed=0).double()
+    final = factored_attention.fit_factored(layer, s, lam=1e-4)
     A, W = layer.attention().detach().numpy(), layer.V.detach().numpy()
-    assert abs(final - potts.pl_objective(K, V, s, lam=1e-4)[0]) < 1e-10
-    assert abs(final - potts.pl_objective(A, W, s, lam=1e-4)[0]) < 1e-12
-    e_pl, e_mlm = potts.coupling_error(K, V, J, U, 1.0), potts.coupling_error(A, W, J, U, 1.0)
+    assert abs(final - pseudolikelihood.pl_objective(K, V, s, lam=1e-4)[0]) < 1e-10
+    assert abs(final - pseudolikelihood.pl_objective(A, W, s, lam=1e-4)[0]) < 1e-12
+    e_pl, e_mlm = pseudolikelihood.coupling_error(K, V, J, U, 1.0), pseudolikelihood.coupling_error(A, W, J, U, 1.0)
     assert e_pl < 0.15 and abs(e_pl - e_mlm) < 1e-5
 
 
 def test_softmax_attention_rows_are_distributions():
-    layer = potts.FactoredAttention(5, 3, softmax=True, init_seed=2)
+    layer = factored_attention.FactoredAttention(5, 3, softmax=True, init_seed=2)
     A = layer.attention()
     torch.testing.assert_close(A.sum(1), torch.ones(5))
     assert torch.all(A.diagonal() == 0) and torch.all(A >= 0)
@@ -262,29 +262,29 @@ def test_train_mlm_lowers_the_loss_and_is_seeded(model):
     s = potts.sample(J, U, beta, 400, burn_in=10, seed=6)
     runs = []
     for _ in range(2):
-        layer = potts.FactoredAttention(L, Q, init_seed=0)
-        before = potts.test_loss(layer, s, Q)
-        hist = potts.train_mlm(layer, s, s[:100], Q, steps=90, batch_size=32, lr=0.1, eval_every=30)
+        layer = factored_attention.FactoredAttention(L, Q, init_seed=0)
+        before = potts_mlm.test_loss(layer, s, Q)
+        hist = potts_mlm.train_mlm(layer, s, s[:100], Q, steps=90, batch_size=32, lr=0.1, eval_every=30)
         runs.append(hist)
     assert [h[0] for h in runs[0]] == [30, 60, 90] and runs[0] == runs[1]
     truth = potts.neg_log_pseudolikelihood(J, U, beta, s[:100])               # 0.983 < before = 1.099
     assert min(v for _, v in runs[0]) < truth + 0.6 * (before - truth)
-    assert potts.test_loss(layer, s[:100], Q) == min(v for _, v in runs[1])     # best state restored
+    assert potts_mlm.test_loss(layer, s[:100], Q) == min(v for _, v in runs[1])     # best state restored
 
 
 def test_vanilla_baseline_is_seeded_and_masked_logits_never_leak():
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    a, b = potts.vanilla_transformer(L, Q, 2, init_seed=0), potts.vanilla_transformer(L, Q, 2, init_seed=0)
+    a, b = potts_mlm.vanilla_transformer(L, Q, 2, init_seed=0), potts_mlm.vanilla_transformer(L, Q, 2, init_seed=0)
     assert torch.equal(state, torch.random.get_rng_state())              # global stream untouched
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    c = potts.vanilla_transformer(L, Q, 2, init_seed=1)
+    c = potts_mlm.vanilla_transformer(L, Q, 2, init_seed=1)
     assert not torch.equal(a.embed.weight, c.embed.weight)
     a.eval()
     s = torch.as_tensor(np.random.default_rng(0).integers(Q, size=(6, L)))
-    logits = potts.masked_logits(a, s, Q)
+    logits = potts_mlm.masked_logits(a, s, Q)
     assert logits.shape == (6, L, Q)
     t = s.clone()
     t[:, 2] = (t[:, 2] + 1) % Q                                         # change only the masked target
-    torch.testing.assert_close(potts.masked_logits(a, t, Q)[:, 2], logits[:, 2], rtol=0, atol=0)
-    assert not torch.allclose(potts.masked_logits(a, t, Q)[:, 0], logits[:, 0])   # other sites see it
+    torch.testing.assert_close(potts_mlm.masked_logits(a, t, Q)[:, 2], logits[:, 2], rtol=0, atol=0)
+    assert not torch.allclose(potts_mlm.masked_logits(a, t, Q)[:, 0], logits[:, 0])   # other sites see it

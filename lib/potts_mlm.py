@@ -1,0 +1,107 @@
+"""Single-site masked language modelling (MLM) on Potts sequences, for any model.
+
+A model maps ids (B, L) in ``0..q`` (colours ``0..q-1``, the id ``q`` a masked site) to logits
+(B, L, q). Here are the exact single-token MLM loss (every site masked in turn), its evaluation,
+an Adam loop with one random masked site per sequence and early stopping, and the baseline that
+chapter 6 compares with factored attention (`lib.factored_attention`): chapter 4's vanilla
+encoder. Introduced in chapter 6.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.transformer import ModelConfig, Transformer
+from lib.validate import check_int, check_real
+
+
+def vanilla_transformer(L: int, q: int, n_layers: int, *, d_model: int = 32, n_heads: int = 4,
+                        d_ff: int = 128, init_seed: int = 0) -> Transformer:
+    """The baseline: chapter 4's encoder (`lib.transformer`) set up for MLM on Potts sequences.
+
+    Token embedding of ``q + 1`` ids (``q`` = mask), sinusoidal positions, ``n_layers`` post-LN
+    layers with softmax attention and an MLP, a per-site readout to ``q`` logits; no dropout.
+    The weights are drawn from ``init_seed`` without touching torch's global random state.
+    """
+    cfg = ModelConfig(vocab=q + 1, seq_len=L, n_classes=q, task="mlm", d_model=d_model,
+                      n_layers=n_layers, n_heads=n_heads, d_ff=d_ff, dropout=0.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(check_int("init_seed", init_seed, 0))
+        return Transformer(cfg)
+
+
+def masked_logits(model: nn.Module, s: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Logits (B, L, q) for each site ``i`` of ``s`` (B, L), predicted with site ``i`` alone masked.
+
+    Runs the model on the ``B * L`` copies of the batch that have one site masked each.
+    """
+    B, L = s.shape
+    site = torch.arange(L)
+    x = s[:, None, :].repeat(1, L, 1)                             # (B, L copies, L)
+    x[:, site, site] = mask_id
+    return model(x.reshape(B * L, L)).reshape(B, L, L, -1)[:, site, site]
+
+
+def mlm_loss(model: nn.Module, s: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Single-token MLM cross-entropy averaged over all sites: ``-(1/(BL)) sum log p(s_i | s_{-i})``."""
+    logits = masked_logits(model, s, mask_id)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), s.reshape(-1))
+
+
+@torch.no_grad()
+def test_loss(model: nn.Module, s, mask_id: int, batch_size: int = 256) -> float:
+    """MLM cross-entropy (nats) over every site of ``s`` (n, L), in eval mode, in batches."""
+    batch_size = check_int("batch_size", batch_size, 1)
+    was_training = model.training
+    model.eval()
+    s = torch.as_tensor(np.asarray(s))
+    total = sum(float(mlm_loss(model, chunk, mask_id)) * len(chunk) for chunk in s.split(batch_size))
+    model.train(was_training)
+    return total / len(s)
+
+
+def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_size: int = 128,
+              lr: float = 1e-3, eval_every: int = 250, batch_seed: int = 0, mask_seed: int = 0) -> list:
+    """Train any MLM model with Adam, one masked site per sequence, early-stopped on ``s_val``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ids (B, L) in ``0..mask_id`` to logits (B, L, q).
+    s, s_val : array_like of int, shape (M, L) and (M_val, L)
+        Training and validation sequences.
+    mask_id : int
+        Id of the mask token.
+    steps, batch_size, lr, eval_every : int, int, float, int
+        Adam steps, sequences per step, learning rate, steps between validations.
+    batch_seed, mask_seed : int
+        Seeds of the mini-batches and of the masked sites.
+
+    Returns
+    -------
+    history : list of (step, validation loss)
+        The model is left with the parameters of the best validation loss.
+    """
+    s, s_val = torch.as_tensor(np.asarray(s)), np.asarray(s_val)
+    steps, eval_every = check_int("steps", steps, 1), check_int("eval_every", eval_every, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    g_batch = torch.Generator().manual_seed(check_int("batch_seed", batch_seed, 0))
+    g_mask = torch.Generator().manual_seed(check_int("mask_seed", mask_seed, 0))
+    opt = torch.optim.Adam(model.parameters(), lr=check_real("lr", lr, lo=0.0))
+    history, best, rows = [], (np.inf, None), torch.arange(batch_size)
+    for step in range(1, steps + 1):
+        x = s[torch.randint(len(s), (batch_size,), generator=g_batch)]      # (B, L), a copy
+        site = torch.randint(x.shape[1], (batch_size,), generator=g_mask)   # one masked site each
+        target = x[rows, site]
+        x[rows, site] = mask_id
+        loss = nn.functional.cross_entropy(model(x)[rows, site], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % eval_every == 0 or step == steps:
+            history.append((step, test_loss(model, s_val, mask_id)))
+            if history[-1][1] < best[0]:
+                best = (history[-1][1], {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[1])
+    return history
