@@ -5,7 +5,7 @@ Wikipedia parser (``filter_wiki`` then lowercase alphabetic tokens of 2-15 lette
 ``make_wiki`` defaults) and cut into pseudo-documents of a fixed length. LDA (gensim
 ``LdaModel``) gives each word a topic; a small BERT-style encoder (`lib.transformer`) is trained
 on the same pseudo-documents by masked language modelling, through a wrapper that lets
-`lib.topics.train` drive it. Nothing is downloaded: the text is in the installed package.
+`lib.masked_lm.train` drive it. Nothing is downloaded: the text is in the installed package.
 
 Introduced in chapter 7.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib import topics
+from lib import masking
 from lib.transformer import Transformer
 from lib.validate import check_int, check_real
 
@@ -125,7 +125,7 @@ def encode(docs, vocab) -> np.ndarray:
 
 
 def mask_text(ids, n_classes: int, p_select: float = 0.15, seed: int = 0,
-              copies: int = 1) -> topics.MaskedCorpus:
+              copies: int = 1) -> masking.MaskedCorpus:
     """BERT's 80/10/10 masking of ``copies`` independently masked copies of ``ids`` (n, L).
 
     Every position may be selected; the mask id is ``n_classes`` (`lib.transformer`'s
@@ -138,17 +138,17 @@ def mask_text(ids, n_classes: int, p_select: float = 0.15, seed: int = 0,
     n_classes = check_int("n_classes", n_classes, 1)
     ids = np.tile(ids, (check_int("copies", copies, 1), 1))
     everywhere = np.ones(ids.shape, bool)
-    inputs, labels, _ = topics.mask_tokens(ids, everywhere, mask_id=n_classes, n_ids=n_classes,
-                                           p_select=p_select, seed=seed)
-    return topics.masked_corpus(inputs, labels, everywhere)
+    inputs, labels, _ = masking.mask_tokens(ids, everywhere, mask_id=n_classes, n_ids=n_classes,
+                                            p_select=p_select, seed=seed)
+    return masking.masked_corpus(inputs, labels, everywhere)
 
 
 class MaskedLM(nn.Module):
-    """`lib.transformer.Transformer` (task ``"mlm"``) seen through the `lib.topics` interface.
+    """`lib.transformer.Transformer` (task ``"mlm"``) seen through the `lib.masked_lm` interface.
 
     ``forward(data)`` returns the logits (B, m, n_classes) at ``data.query_pos`` only, so
-    `lib.topics.train` and `lib.topics.evaluate` drive it unchanged. It runs the network's own
-    modules but applies the readout to the masked positions alone: over a vocabulary of
+    `lib.masked_lm.train` and `lib.masked_lm.evaluate` drive it unchanged. It runs the network's
+    own modules but applies the readout to the masked positions alone: over a vocabulary of
     thousands of words the readout at every position would dominate the cost of a step.
     """
 
@@ -158,7 +158,7 @@ class MaskedLM(nn.Module):
             raise ValueError(f"net must be built with task='mlm', got {net.cfg.task!r}")
         self.net = net
 
-    def forward(self, data: topics.MaskedCorpus) -> torch.Tensor:
+    def forward(self, data: masking.MaskedCorpus) -> torch.Tensor:
         h = self.net.hidden(data.inputs)[0]                                      # (B, L, d)
         h = h.gather(1, data.query_pos[..., None].expand(-1, -1, h.shape[-1]))   # (B, m, d)
         return self.net.readout(h)                                                # (B, m, C)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import text, topics
+from lib import masking, text
 from lib.transformer import ModelConfig, Transformer
 
 
@@ -56,7 +56,7 @@ def test_mask_text_uses_the_transformer_mask_id():
     ids = np.random.default_rng(1).integers(0, 50, size=(40, 32))
     data = text.mask_text(ids, 50, seed=0, copies=3)
     assert data.inputs.shape == (120, 32) and bool(data.key_visible.all())
-    valid = data.query_labels != topics.IGNORE
+    valid = data.query_labels != masking.IGNORE
     q = data.inputs.gather(1, data.query_pos)[valid]
     assert q.max() <= 50 and (q == 50).float().mean() > 0.7
     assert torch.equal(data.inputs[:40][~valid[:40].any(1)[:, None].expand(-1, 32)],

@@ -6,32 +6,32 @@ import pytest
 import torch
 from scipy.special import digamma
 
-from lib import topics as tp
+from lib import lda, masked_lm, masking, one_layer, topic_stats
 
 T, V_PER, ALPHA = 10, 10, 0.1
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    return tp.sample_corpus(4000, T, V_PER, ALPHA, seed=0)
+    return lda.sample_corpus(4000, T, V_PER, ALPHA, seed=0)
 
 
 # ----------------------------------------------------------------------------- corpus
 def test_corpus_layout(corpus):
     tokens, theta = corpus
     assert tokens.shape == (4000, 152) and tokens.dtype == np.int64 and theta.shape == (4000, T)
-    N = (tokens >= tp.N_SPECIAL).sum(1)
+    N = (tokens >= lda.N_SPECIAL).sum(1)
     assert N.min() == 100 and N.max() == 150
-    assert np.all(tokens[:, 0] == tp.START)
-    assert np.all(tokens[np.arange(len(N)), N + 1] == tp.END)
+    assert np.all(tokens[:, 0] == lda.START)
+    assert np.all(tokens[np.arange(len(N)), N + 1] == lda.END)
     pos = np.arange(tokens.shape[1])
-    assert np.all((tokens >= tp.N_SPECIAL) == ((pos >= 1) & (pos <= N[:, None])))
-    assert np.all((tokens == tp.PAD) == (pos > N[:, None] + 1))
+    assert np.all((tokens >= lda.N_SPECIAL) == ((pos >= 1) & (pos <= N[:, None])))
+    assert np.all((tokens == lda.PAD) == (pos > N[:, None] + 1))
     assert np.allclose(theta.sum(1), 1.0)
 
 
 def test_document_length_is_uniform(corpus):
-    N = (corpus[0] >= tp.N_SPECIAL).sum(1)
+    N = (corpus[0] >= lda.N_SPECIAL).sum(1)
     counts = np.bincount(N - 100, minlength=51)
     expected = len(N) / 51
     chi2 = ((counts - expected) ** 2 / expected).sum()
@@ -40,7 +40,7 @@ def test_document_length_is_uniform(corpus):
 
 def test_words_follow_theta_and_are_uniform_within_topics(corpus):
     tokens, theta = corpus
-    words = np.where(tokens >= tp.N_SPECIAL, tokens - tp.N_SPECIAL, -1)
+    words = np.where(tokens >= lda.N_SPECIAL, tokens - lda.N_SPECIAL, -1)
     topic_counts = np.stack([(words // V_PER == t).sum(1) for t in range(T)], 1)       # (n, T)
     N = topic_counts.sum(1, keepdims=True)
     expected = N * theta
@@ -61,49 +61,49 @@ def test_dirichlet_moments(corpus):
 
 
 def test_sampler_is_seeded():
-    a, _ = tp.sample_corpus(20, seed=3)
-    b, _ = tp.sample_corpus(20, seed=3)
-    c, _ = tp.sample_corpus(20, seed=4)
+    a, _ = lda.sample_corpus(20, seed=3)
+    b, _ = lda.sample_corpus(20, seed=3)
+    c, _ = lda.sample_corpus(20, seed=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_topic_of_id():
-    topic = tp.topic_of_id(3, 2)
+    topic = lda.topic_of_id(3, 2)
     assert topic.tolist() == [-1, -1, -1, -1, 0, 0, 1, 1, 2, 2]
 
 
 # ----------------------------------------------------------------------------- masking
 def test_masking_rules(corpus):
     tokens = corpus[0]
-    data = tp.mask_corpus(tokens, T, V_PER, seed=1)
+    data = lda.mask_corpus(tokens, T, V_PER, seed=1)
     inputs, visible = data.inputs.numpy(), data.key_visible.numpy()
-    valid = (data.query_labels != tp.IGNORE).numpy()
+    valid = (data.query_labels != masking.IGNORE).numpy()
     rows = np.nonzero(valid)[0]
     pos = data.query_pos.numpy()[valid]
     selected = np.zeros(tokens.shape, bool)
     selected[rows, pos] = True
     # Selected positions are words, carry their true label, and are never visible keys.
-    assert np.all(tokens[selected] >= tp.N_SPECIAL)
+    assert np.all(tokens[selected] >= lda.N_SPECIAL)
     assert np.array_equal(data.query_labels.numpy()[valid], tokens[rows, pos])
     assert not np.any(visible & selected)
-    assert np.array_equal(visible, (tokens != tp.PAD) & ~selected)
+    assert np.array_equal(visible, (tokens != lda.PAD) & ~selected)
     assert np.all(selected.sum(1) >= 1)
     # Unselected positions are unchanged.
     assert np.array_equal(inputs[~selected], tokens[~selected])
     # Selection rate among words, and the 80/10/10 split (random ids uniform over all 104 ids).
-    n_words, n_sel = (tokens >= tp.N_SPECIAL).sum(), selected.sum()
+    n_words, n_sel = (tokens >= lda.N_SPECIAL).sum(), selected.sum()
     assert abs(n_sel / n_words - 0.15) < 5 * math.sqrt(0.15 * 0.85 / n_words)
-    n_ids = T * V_PER + tp.N_SPECIAL
-    for observed, p in ((inputs[selected] == tp.MASK, 0.8 + 0.1 / n_ids),
+    n_ids = T * V_PER + lda.N_SPECIAL
+    for observed, p in ((inputs[selected] == lda.MASK, 0.8 + 0.1 / n_ids),
                         (inputs[selected] == tokens[selected], 0.1 + 0.1 / n_ids)):
         assert abs(observed.mean() - p) < 5 * math.sqrt(p * (1 - p) / n_sel)
-    replaced = selected & (inputs != tp.MASK) & (inputs != tokens)
+    replaced = selected & (inputs != lda.MASK) & (inputs != tokens)
     assert inputs[replaced].min() >= 0 and inputs[replaced].max() < n_ids
 
 
 def test_masked_keys_get_zero_attention(corpus):
-    data = tp.mask_corpus(corpus[0][:50], T, V_PER, seed=2)
-    model = tp.OneLayerModel(tp.TopicModelConfig(), seed=0)
+    data = lda.mask_corpus(corpus[0][:50], T, V_PER, seed=2)
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig(), seed=0)
     _, A = model(data, return_attention=True)
     assert torch.all(A.masked_select(~data.key_visible[:, None, :].expand_as(A)) == 0)
     assert torch.allclose(A.sum(-1), torch.ones(A.shape[:2]), atol=1e-5)
@@ -111,57 +111,57 @@ def test_masked_keys_get_zero_attention(corpus):
 
 def test_at_least_one_selection_per_row():
     tokens = np.full((500, 4), 7)
-    _, labels, selected = tp.mask_tokens(tokens, tokens > 0, mask_id=1, n_ids=10, p_select=0.01,
+    _, labels, selected = masking.mask_tokens(tokens, tokens > 0, mask_id=1, n_ids=10, p_select=0.01,
                                          seed=0)
     assert np.all(selected.sum(1) >= 1) and np.all(labels[selected] == 7)
 
 
 def test_no_unchanged_tokens_when_p_keep_is_zero(corpus):
     tokens = corpus[0][:1000]
-    data = tp.mask_corpus(tokens, T, V_PER, p_keep=0.0, seed=3)
-    valid = data.query_labels != tp.IGNORE
+    data = lda.mask_corpus(tokens, T, V_PER, p_keep=0.0, seed=3)
+    valid = data.query_labels != masking.IGNORE
     q = data.inputs.gather(1, data.query_pos)[valid]
     same = (q == data.query_labels[valid]).float().mean()
-    assert same < 0.1 / (T * V_PER + tp.N_SPECIAL) * 3                       # only random hits
+    assert same < 0.1 / (T * V_PER + lda.N_SPECIAL) * 3                       # only random hits
 
 
 # ----------------------------------------------------------------------------- Bayes
 def test_bayes_limit_value_and_monte_carlo():
-    assert tp.bayes_loss_limit(10, 10, 0.1) == pytest.approx(3.149124, abs=1e-6)
+    assert lda.bayes_loss_limit(10, 10, 0.1) == pytest.approx(3.149124, abs=1e-6)
     # Monte Carlo of the N -> infinity predictor: -log(theta_z / v), z ~ theta, theta ~ Dir.
     rng = np.random.default_rng(0)
     for T_, v_, a in ((10, 10, 0.1), (5, 3, 1.0)):
         theta = rng.dirichlet(np.full(T_, a), size=200_000)
         z = (rng.random(len(theta))[:, None] >= np.cumsum(theta, 1)[:, :-1]).sum(1)
         ce = -np.log(theta[np.arange(len(z)), z] / v_)
-        assert abs(ce.mean() - tp.bayes_loss_limit(T_, v_, a)) < 5 * ce.std() / math.sqrt(len(ce))
-        assert tp.bayes_loss_limit(T_, v_, a) == pytest.approx(
+        assert abs(ce.mean() - lda.bayes_loss_limit(T_, v_, a)) < 5 * ce.std() / math.sqrt(len(ce))
+        assert lda.bayes_loss_limit(T_, v_, a) == pytest.approx(
             digamma(T_ * a + 1) - digamma(a + 1) + math.log(v_))
 
 
 def test_context_predictive_against_frequencies():
     # Documents of 6 words; the topic of word 6 given the topic counts of words 1-5.
-    tokens, _ = tp.sample_corpus(100_000, T=3, v=2, alpha=0.5, min_len=6, max_len=6, seed=5)
-    topic = tp.topic_of_id(3, 2)[tokens[:, 1:7]]
+    tokens, _ = lda.sample_corpus(100_000, T=3, v=2, alpha=0.5, min_len=6, max_len=6, seed=5)
+    topic = lda.topic_of_id(3, 2)[tokens[:, 1:7]]
     counts = np.stack([(topic[:, :5] == t).sum(1) for t in range(3)], 1)
     keys, inverse = np.unique(counts, axis=0, return_inverse=True)
     for k in np.argsort(-np.bincount(inverse))[:6]:
         rows = inverse == k
         freq = np.bincount(topic[rows, 5], minlength=3) / rows.sum()
-        p = tp.context_predictive(keys[k], 0.5)
+        p = lda.context_predictive(keys[k], 0.5)
         assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / rows.sum()))
 
 
 def test_bayes_loss_long_documents_and_query_identity():
-    tokens, _ = tp.sample_corpus(300, min_len=2000, max_len=2000, seed=6)
-    data = tp.mask_corpus(tokens, T, V_PER, seed=7)
-    ctx = tp.bayes_loss(data, T, V_PER, ALPHA, use_query=False)
-    assert ctx == pytest.approx(tp.bayes_loss_limit(), abs=0.03)
-    assert tp.bayes_loss(data, T, V_PER, ALPHA) < ctx - 0.1     # unchanged queries reveal words
+    tokens, _ = lda.sample_corpus(300, min_len=2000, max_len=2000, seed=6)
+    data = lda.mask_corpus(tokens, T, V_PER, seed=7)
+    ctx = lda.bayes_loss(data, T, V_PER, ALPHA, use_query=False)
+    assert ctx == pytest.approx(lda.bayes_loss_limit(), abs=0.03)
+    assert lda.bayes_loss(data, T, V_PER, ALPHA) < ctx - 0.1     # unchanged queries reveal words
     # With every selected token replaced by MASK the query carries nothing: identical losses.
-    all_mask = tp.mask_corpus(tokens[:50], T, V_PER, p_random=0.0, p_keep=0.0, seed=8)
-    assert tp.bayes_loss(all_mask, T, V_PER, ALPHA, p_random=0.0, p_keep=0.0) == pytest.approx(
-        tp.bayes_loss(all_mask, T, V_PER, ALPHA, use_query=False), rel=1e-12)
+    all_mask = lda.mask_corpus(tokens[:50], T, V_PER, p_random=0.0, p_keep=0.0, seed=8)
+    assert lda.bayes_loss(all_mask, T, V_PER, ALPHA, p_random=0.0, p_keep=0.0) == pytest.approx(
+        lda.bayes_loss(all_mask, T, V_PER, ALPHA, use_query=False), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- model
@@ -174,12 +174,12 @@ def _positional_forward(model, data):
     return A @ Vt[data.inputs], A
 
 
-@pytest.mark.parametrize("cfg", [tp.TopicModelConfig(),
-                                 tp.TopicModelConfig(embedding="trained", value="identity"),
-                                 tp.TopicModelConfig(value="block", init_scale=0.1)])
+@pytest.mark.parametrize("cfg", [one_layer.TopicModelConfig(),
+                                 one_layer.TopicModelConfig(embedding="trained", value="identity"),
+                                 one_layer.TopicModelConfig(value="block", init_scale=0.1)])
 def test_forward_matches_positional_attention(corpus, cfg):
-    data = tp.mask_corpus(corpus[0][:30], T, V_PER, seed=9)
-    model = tp.OneLayerModel(cfg, seed=1)
+    data = lda.mask_corpus(corpus[0][:30], T, V_PER, seed=9)
+    model = one_layer.OneLayerModel(cfg, seed=1)
     with torch.no_grad():
         logits, A = model(data, return_attention=True)
         ref_logits, ref_A = _positional_forward(model, data)
@@ -187,66 +187,66 @@ def test_forward_matches_positional_attention(corpus, cfg):
 
 
 def test_uniform_attention_and_frozen_parts(corpus):
-    data = tp.unmasked(corpus[0][:20])
-    model = tp.OneLayerModel(tp.TopicModelConfig(attention="uniform", value="block"), seed=0)
+    data = lda.unmasked(corpus[0][:20])
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig(attention="uniform", value="block"), seed=0)
     assert not any(p.requires_grad for p in model.parameters())
     logits, A = model(data, return_attention=True)
     assert torch.allclose(A, torch.full_like(A, 1 / 100))
     W = model.W_V
-    topic = torch.as_tensor(tp.topic_of_id(T, V_PER))
+    topic = torch.as_tensor(lda.topic_of_id(T, V_PER))
     assert torch.equal(W, ((topic[:, None] == topic[None, :]) & (topic[:, None] >= 0)).float())
     assert logits.min() >= 0 and logits.max() <= 1 + 1e-6
-    trainable = {n for n, p in tp.OneLayerModel(tp.TopicModelConfig(value="block")).named_parameters()}
+    trainable = {n for n, p in one_layer.OneLayerModel(one_layer.TopicModelConfig(value="block")).named_parameters()}
     assert trainable == {"W_Q", "b_Q", "W_K", "b_K"}
 
 
 def test_init_is_seeded_and_small_init_is_nonnegative():
-    a = tp.OneLayerModel(tp.TopicModelConfig(), seed=3).W_Q
-    b = tp.OneLayerModel(tp.TopicModelConfig(), seed=3).W_Q
+    a = one_layer.OneLayerModel(one_layer.TopicModelConfig(), seed=3).W_Q
+    b = one_layer.OneLayerModel(one_layer.TopicModelConfig(), seed=3).W_Q
     assert torch.equal(a, b) and a.abs().max() <= 1 / math.sqrt(104)
-    small = tp.OneLayerModel(tp.TopicModelConfig(init_scale=0.1), seed=3)
+    small = one_layer.OneLayerModel(one_layer.TopicModelConfig(init_scale=0.1), seed=3)
     assert small.W_V.min() >= 0 and small.W_V.max() < 0.1 and torch.all(small.b_V == 0)
 
 
 def test_training_lowers_the_loss_and_records(corpus):
-    data = tp.mask_corpus(corpus[0][:400], T, V_PER, seed=10)
-    model = tp.OneLayerModel(tp.TopicModelConfig(attention="uniform"), seed=0)
-    before = tp.evaluate(model, data)
-    hist = tp.train(model, data, 60, lr=1e-2, record=lambda m: {"gap": tp.value_gap(m)},
+    data = lda.mask_corpus(corpus[0][:400], T, V_PER, seed=10)
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig(attention="uniform"), seed=0)
+    before = masked_lm.evaluate(model, data)
+    hist = masked_lm.train(model, data, 60, lr=1e-2, record=lambda m: {"gap": topic_stats.value_gap(m)},
                     record_every=20, progress=False)
     assert hist["step"].tolist() == [0, 20, 40, 60]
-    assert tp.evaluate(model, data) < before - 0.3
+    assert masked_lm.evaluate(model, data) < before - 0.3
     assert hist["gap"].iloc[-1] > hist["gap"].iloc[0] + 0.1
 
 
 # ----------------------------------------------------------------------------- measurements
 def test_pair_means_on_a_block_matrix():
-    topic = tp.topic_of_id(3, 2)
+    topic = lda.topic_of_id(3, 2)
     same = (topic[:, None] == topic[None, :])
     G = np.where(same, 2.0, -1.0) + np.eye(len(topic))
-    out = tp.pair_means(G, topic)
+    out = topic_stats.pair_means(G, topic)
     assert out == pytest.approx({"same_token": 3.0, "same_topic": 2.0, "different_topic": -1.0,
                                  "gap": 3.0})
-    assert tp.permuted_gaps(G, topic, n_perm=5).shape == (5,)
+    assert topic_stats.permuted_gaps(G, topic, n_perm=5).shape == (5,)
     # Shuffling only within each topic (strata = topic) keeps every label: the gap is unchanged.
-    assert np.allclose(tp.permuted_gaps(G, topic, n_perm=3, strata=topic), 3.0)
+    assert np.allclose(topic_stats.permuted_gaps(G, topic, n_perm=3, strata=topic), 3.0)
     with pytest.raises(ValueError, match="strata"):
-        tp.permuted_gaps(G, topic, strata=[0, 1])
-    assert torch.allclose(tp.cosine_gram(np.random.default_rng(0).normal(size=(5, 3))).diagonal(),
+        topic_stats.permuted_gaps(G, topic, strata=[0, 1])
+    assert torch.allclose(topic_stats.cosine_gram(np.random.default_rng(0).normal(size=(5, 3))).diagonal(),
                           torch.ones(5, dtype=torch.float64))
 
 
 def test_attention_by_topic_uniform_reads_one_over_ref_len():
     ids = torch.tensor([[2, 4, 5, 6, 4]])             # START, two topic-0 words, one topic-1 word
     A = torch.full((1, 5, 5), 1 / 5)
-    out = tp.attention_by_topic(A, ids, tp.topic_of_id(2, 2), ref_len=100)
+    out = topic_stats.attention_by_topic(A, ids, lda.topic_of_id(2, 2), ref_len=100)
     assert out["same_token"] == pytest.approx(0.01) and out["ratio"] == pytest.approx(1.0)
     assert (out["n_same_token"], out["n_same_topic"], out["n_different_topic"]) == (6, 4, 6)
 
 
 def test_stage_time():
-    assert tp.stage_time([0, 10, 20, 30], [1.0, 1.1, 2.0, 3.0]) == 20
-    assert tp.stage_time([0, 10, 20, 30], [1.0, 1.1, 2.0, 3.0], fraction=1.0) == 30
+    assert topic_stats.stage_time([0, 10, 20, 30], [1.0, 1.1, 2.0, 3.0]) == 20
+    assert topic_stats.stage_time([0, 10, 20, 30], [1.0, 1.1, 2.0, 3.0], fraction=1.0) == 30
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -256,7 +256,7 @@ def test_stage_time():
     ({"n_docs": 5, "seed": -1}, "seed")])
 def test_sample_corpus_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        tp.sample_corpus(**kwargs)
+        lda.sample_corpus(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -265,9 +265,9 @@ def test_sample_corpus_rejects_bad_parameters(kwargs, match):
 def test_mask_tokens_rejects_bad_parameters(kwargs, match):
     tokens = np.full((2, 3), 5)
     with pytest.raises(ValueError, match=match):
-        tp.mask_tokens(tokens, tokens > 0, mask_id=1, n_ids=8, **kwargs)
+        masking.mask_tokens(tokens, tokens > 0, mask_id=1, n_ids=8, **kwargs)
     with pytest.raises(ValueError, match="same shape"):
-        tp.mask_tokens(tokens, np.ones((2, 4), bool), mask_id=1, n_ids=8)
+        masking.mask_tokens(tokens, np.ones((2, 4), bool), mask_id=1, n_ids=8)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -275,31 +275,31 @@ def test_mask_tokens_rejects_bad_parameters(kwargs, match):
     ({"value": "random"}, "value must"), ({"init_scale": 0.0}, "init_scale"), ({"T": 1}, "T must")])
 def test_model_config_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        tp.TopicModelConfig(**kwargs)
+        one_layer.TopicModelConfig(**kwargs)
 
 
 def test_other_functions_reject_bad_parameters(corpus):
-    data = tp.mask_corpus(corpus[0][:10], T, V_PER)
-    model = tp.OneLayerModel(tp.TopicModelConfig())
+    data = lda.mask_corpus(corpus[0][:10], T, V_PER)
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig())
     with pytest.raises(ValueError, match="optimizer"):
-        tp.train(model, data, 1, lr=0.1, optimizer="rmsprop")
+        masked_lm.train(model, data, 1, lr=0.1, optimizer="rmsprop")
     with pytest.raises(ValueError, match="batch_size"):
-        tp.train(model, data, 1, lr=0.1, batch_size=11)
+        masked_lm.train(model, data, 1, lr=0.1, batch_size=11)
     with pytest.raises(ValueError, match="G must"):
-        tp.pair_means(np.zeros((3, 3)), tp.topic_of_id(2, 2))
+        topic_stats.pair_means(np.zeros((3, 3)), lda.topic_of_id(2, 2))
     with pytest.raises(ValueError, match="A must"):
-        tp.attention_by_topic(torch.zeros(1, 3, 3), torch.zeros(1, 4, dtype=torch.long), [0])
+        topic_stats.attention_by_topic(torch.zeros(1, 3, 3), torch.zeros(1, 4, dtype=torch.long), [0])
     with pytest.raises(ValueError, match="fraction"):
-        tp.stage_time([0, 1], [0, 1], fraction=0.0)
+        topic_stats.stage_time([0, 1], [0, 1], fraction=0.0)
     with pytest.raises(ValueError, match="alpha"):
-        tp.bayes_loss_limit(10, 10, -1.0)
+        lda.bayes_loss_limit(10, 10, -1.0)
     with pytest.raises(ValueError, match=r"p_random \+ p_keep"):
-        tp.bayes_loss(data, T, V_PER, ALPHA, p_random=0.6, p_keep=0.6)
+        lda.bayes_loss(data, T, V_PER, ALPHA, p_random=0.6, p_keep=0.6)
     with pytest.raises(ValueError, match="p_keep"):
-        tp.bayes_loss(data, T, V_PER, ALPHA, p_keep=-0.1)
+        lda.bayes_loss(data, T, V_PER, ALPHA, p_keep=-0.1)
     with pytest.raises(ValueError, match="batch_size"):
-        tp.evaluate(model, data, batch_size=0)
+        masked_lm.evaluate(model, data, batch_size=0)
     with pytest.raises(ValueError, match="no masked positions"):
-        tp.evaluate(model, tp.unmasked(corpus[0][:3]))
+        masked_lm.evaluate(model, lda.unmasked(corpus[0][:3]))
     with pytest.raises(ValueError, match="ids must"):
-        tp.attention_by_topic(torch.zeros(1, 2, 2), torch.tensor([[0, 9]]), tp.topic_of_id(2, 2))
+        topic_stats.attention_by_topic(torch.zeros(1, 2, 2), torch.tensor([[0, 9]]), lda.topic_of_id(2, 2))

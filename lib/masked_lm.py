@@ -1,0 +1,107 @@
+"""Masked language modelling on a `lib.masking.MaskedCorpus`: loss, evaluation, training loop.
+
+Any model that maps a `MaskedCorpus` batch to logits (B, m, n_classes) at its query positions
+trains here: the one-layer model of `lib.one_layer` on LDA documents and, through
+`lib.text.MaskedLM`, an encoder on Wikipedia text. Introduced in chapter 7.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from lib.masking import IGNORE, MaskedCorpus
+from lib.validate import check_int, check_real
+
+
+def loss(model: nn.Module, data: MaskedCorpus) -> torch.Tensor:
+    """Mean cross-entropy over the masked positions of ``data``."""
+    logits = model(data)
+    return F.cross_entropy(logits.flatten(0, 1), data.query_labels.flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: MaskedCorpus, batch_size: int = 500) -> float:
+    """Cross-entropy over all masked positions of ``data``, in batches, in eval mode (no gradient)."""
+    batch_size = check_int("batch_size", batch_size, 1)
+    if not (data.query_labels != IGNORE).any():
+        raise ValueError("data has no masked positions to score")
+    total, count, was_training = 0.0, 0, model.training
+    model.eval()
+    for start in range(0, len(data), batch_size):
+        part = data.batch(slice(start, start + batch_size))
+        n = int((part.query_labels != IGNORE).sum())
+        total, count = total + float(loss(model, part)) * n, count + n
+    model.train(was_training)
+    return total / count
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimizer: str = "adam",
+          batch_size: int = 40, order_seed: int = 0, record=None, record_every: int = 0,
+          progress: bool = True):
+    """Minimise `loss` over batches of documents reshuffled every epoch (static masks).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Called as ``model(batch)`` with a `MaskedCorpus` batch.
+    data : MaskedCorpus
+    steps : int
+        Optimiser steps.
+    lr : float
+    optimizer : str
+        ``"adam"`` (Adam, betas 0.9/0.999, no weight decay: the authors' AdamW with wd 0) or
+        ``"sgd"`` (plain SGD).
+    batch_size : int
+    order_seed : int
+        Seed of the document order.
+    record : callable or None
+        ``record(model) -> dict`` of measurements, taken at step 0, every ``record_every`` steps
+        and at the end.
+    record_every : int
+        0 records only at step 0 and at the end.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per record: ``step``, ``train_loss`` (mean batch loss since the last record,
+        NaN at step 0) and the keys of ``record``.
+    """
+    import pandas as pd
+
+    steps = check_int("steps", steps, 1)
+    lr = check_real("lr", lr, 0.0)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    batch_size = check_int("batch_size", batch_size, 1, len(data))
+    record_every = check_int("record_every", record_every, 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    rng = np.random.default_rng(check_int("order_seed", order_seed, 0))
+    order, cursor, running, rows = rng.permutation(len(data)), 0, [], []
+
+    def log(step):
+        row = {"step": step, "train_loss": float(np.mean(running)) if running else np.nan}
+        rows.append({**row, **(record(model) if record else {})})
+        running.clear()
+
+    log(0)
+    for step in tqdm(range(1, steps + 1), disable=not progress, desc="train", leave=False,
+                     mininterval=10.0):
+        if cursor + batch_size > len(data):
+            order, cursor = rng.permutation(len(data)), 0
+        batch = data.batch(torch.from_numpy(order[cursor:cursor + batch_size]))
+        cursor += batch_size
+        opt.zero_grad()
+        value = loss(model, batch)
+        value.backward()
+        opt.step()
+        running.append(value.item())
+        if step == steps or (record_every and step % record_every == 0):
+            log(step)
+    return pd.DataFrame(rows)

@@ -1,0 +1,164 @@
+"""Topic structure in learned matrices and attention: the measurements of chapter 7.
+
+Mean entries of token-by-token matrices by topic relation (same token, same topic, different
+topic), their permutation null, attention by topic relation, and the time at which a recorded
+curve has made a given share of its rise (to time the two training stages).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lib.lda import topic_of_id
+from lib.masking import MaskedCorpus
+from lib.one_layer import OneLayerModel
+from lib.validate import check_int, check_real
+
+
+def pair_means(G, topic) -> dict:
+    """Mean entry of a token-by-token matrix by topic relation, words only.
+
+    Parameters
+    ----------
+    G : array_like, shape (n_ids, n_ids)
+        E.g. ``E E^T``, cosines of embeddings, ``W^V``, or a score table.
+    topic : array_like of int, shape (n_ids,)
+        Topic of each id, ``-1`` for ids to leave out (specials, words without a topic).
+
+    Returns
+    -------
+    dict
+        ``same_token`` (diagonal), ``same_topic`` (different ids, same topic), ``different_topic``
+        and ``gap = same_topic - different_topic``.
+    """
+    G, topic = torch.as_tensor(G, dtype=torch.float64), torch.as_tensor(np.asarray(topic))
+    if G.ndim != 2 or G.shape != (len(topic), len(topic)):
+        raise ValueError(f"G must be (n_ids, n_ids) with n_ids = len(topic) = {len(topic)}, "
+                         f"got shape {tuple(G.shape)}")
+    word = topic >= 0
+    G, t = G[word][:, word], topic[word]
+    same, eye = t[:, None] == t[None, :], torch.eye(len(t), dtype=torch.bool)
+    out = {"same_token": G.diagonal().mean(), "same_topic": G[same & ~eye].mean(),
+           "different_topic": G[~same].mean()}
+    out = {k: float(x) for k, x in out.items()}
+    return {**out, "gap": out["same_topic"] - out["different_topic"]}
+
+
+def cosine_gram(X) -> torch.Tensor:
+    """Cosine similarity of the rows of ``X`` (n, d), shape (n, n); zero rows give 0."""
+    X = torch.as_tensor(X, dtype=torch.float64)
+    X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return X @ X.T
+
+
+def attention_by_topic(A, ids, topic, ref_len: int = 100) -> dict:
+    """Mean attention between token pairs by topic relation (the authors' buckets).
+
+    Parameters
+    ----------
+    A : array_like, shape (B, L, L)
+        Attention of queries (axis 1) on keys (axis 2) over unpadded sequences of length ``L``.
+    ids : array_like of int, shape (B, L)
+        Token at each position.
+    topic : array_like of int, shape (n_ids,)
+        Topic of each id, ``-1`` for tokens left out (specials, words without a topic).
+    ref_len : int
+        Attention is reported as ``A * L / ref_len``, so uniform attention reads ``1/ref_len``.
+
+    Returns
+    -------
+    dict
+        ``same_token`` (same id, including i = j), ``same_topic`` (different ids),
+        ``different_topic``, their pair counts ``n_*`` and ``ratio = same_topic / different_topic``.
+    """
+    A, ids, topic = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(ids), torch.as_tensor(np.asarray(topic))
+    if ids.ndim != 2 or ids.min() < 0 or ids.max() >= len(topic):
+        raise ValueError(f"ids must be (B, L) with values in 0..{len(topic) - 1}")
+    t = topic[ids]                                                                 # (B, L)
+    if A.ndim != 3 or A.shape[1:] != (t.shape[1],) * 2 or A.shape[0] != t.shape[0]:
+        raise ValueError(f"A must be (B, L, L) matching ids {tuple(t.shape)}, got {tuple(A.shape)}")
+    A = A * A.shape[-1] / check_int("ref_len", ref_len, 1)
+    both = (t[:, :, None] >= 0) & (t[:, None, :] >= 0)
+    same_id = ids[:, :, None] == ids[:, None, :]
+    same_topic = t[:, :, None] == t[:, None, :]
+    buckets = {"same_token": both & same_id, "same_topic": both & same_topic & ~same_id,
+               "different_topic": both & ~same_topic}
+    out = {k: float(A[m].mean()) for k, m in buckets.items()}
+    out |= {f"n_{k}": int(m.sum()) for k, m in buckets.items()}
+    return out | {"ratio": out["same_topic"] / out["different_topic"]}
+
+
+@torch.no_grad()
+def attention_stats(model: OneLayerModel, data: MaskedCorpus) -> dict:
+    """`attention_by_topic` of the model on an `unmasked` corpus (every position a query)."""
+    _, A = model(data, return_attention=True)
+    return attention_by_topic(A, data.inputs, topic_of_id(model.cfg.T, model.cfg.v))
+
+
+@torch.no_grad()
+def value_gap(model: OneLayerModel) -> float:
+    """Same- minus different-topic mean entry of the value table ``E W^V + b^V`` (words only).
+
+    The bias adds the same amount to both means, so this measures only ``E W^V``.
+    """
+    return pair_means(model.tables()[2], topic_of_id(model.cfg.T, model.cfg.v))["gap"]
+
+
+def permuted_gaps(G, topic, n_perm: int = 20, seed: int = 0, strata=None) -> np.ndarray:
+    """`pair_means` gaps after shuffling the topic labels among the labelled ids: a null.
+
+    Parameters
+    ----------
+    G : array_like, shape (n_ids, n_ids)
+    topic : array_like of int, shape (n_ids,)
+        ``-1`` marks ids left out; they are never relabelled.
+    n_perm, seed : int
+        Number of relabellings and the permutation seed.
+    strata : array_like of int, shape (n_ids,), optional
+        Shuffle only within groups of equal ``strata`` (e.g. word-frequency bins), so the null
+        keeps whatever the groups share.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_perm,)
+        The same-minus-different gap under each relabelling; a real gap far outside this spread
+        is not an accident of the labels.
+    """
+    topic = np.asarray(topic)
+    strata = np.zeros(len(topic), dtype=np.int64) if strata is None else np.asarray(strata)
+    if strata.shape != topic.shape:
+        raise ValueError(f"strata must have the shape of topic {topic.shape}, got {strata.shape}")
+    rng = np.random.default_rng(check_int("seed", seed, 0))
+    groups = [np.nonzero((topic >= 0) & (strata == s))[0] for s in np.unique(strata)]
+    gaps = []
+    for _ in range(check_int("n_perm", n_perm, 1)):
+        shuffled = topic.copy()
+        for idx in groups:
+            shuffled[idx] = rng.permutation(topic[idx])
+        gaps.append(pair_means(G, shuffled)["gap"])
+    return np.asarray(gaps)
+
+
+def stage_time(steps, values, fraction: float = 0.5) -> int:
+    """First step at which ``values`` has covered ``fraction`` of its rise from start to end.
+
+    Parameters
+    ----------
+    steps, values : array_like, shape (n,)
+        A recorded curve (e.g. the value gap or the attention ratio against the step).
+    fraction : float
+        In (0, 1].
+
+    Returns
+    -------
+    int
+        The first ``steps[i]`` with ``values[i] - values[0] >= fraction * (values[-1] - values[0])``.
+    """
+    steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
+    if steps.shape != values.shape or steps.ndim != 1 or len(steps) < 2:
+        raise ValueError(f"steps and values must be 1-D of the same length >= 2, got "
+                         f"{steps.shape} and {values.shape}")
+    if not 0.0 < check_real("fraction", fraction, 0.0) <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rise = values - values[0]
+    return int(steps[np.argmax(rise >= fraction * rise[-1])])
