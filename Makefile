@@ -45,16 +45,20 @@ notebooks: setup
 
 test: notebooks
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-	  $(BIN)/python -m pytest -n 2 --nbmake --nbmake-timeout=1800 tests $(NB_DIR)
+	  $(BIN)/python -m pytest -n 2 -rs --nbmake --nbmake-timeout=1800 tests $(NB_DIR)
 
 benchmark: setup
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python benchmarks/bp_throughput.py
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python benchmarks/train_throughput.py
 
-# Regenerate every stored transformer of a profile (data/models/); PROFILE=paper for the GPU sizes.
+# Train every run of the model store (data/models/) that is missing or stale, two local jobs at
+# once, resumable; PROFILE=paper for the GPU sizes, EXECUTOR=slurm on a cluster.
 PROFILE ?= laptop
+EXECUTOR ?= local
+JOBS ?= 2
 models: setup
-	OMP_NUM_THREADS=1 $(BIN)/python scripts/regenerate_models.py --profile $(PROFILE)
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/regenerate_models.py --profile $(PROFILE) \
+	  --executor $(EXECUTOR) --jobs $(JOBS)
 
 clean:
 	rm -rf _build build .jupyter_cache

@@ -277,3 +277,11 @@ def tiny_runs(profile: str = "laptop") -> dict[str, TrainConfig]:
             n_monitor=32, n_evals=4, eval_every=20, schedule=schedule, patience=2, n_decays=1,
             n_val=64, min_delta=0.01, checkpoints=(0, 20))
     return runs
+
+
+def from_record(config: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of a stored record (``lib.store`` JSON ``"config"``); fields
+    the record leaves out take their `LEGACY_FIELDS` values."""
+    fields = {**LEGACY_FIELDS, **config}
+    return TrainConfig(**{**fields, "model": ModelConfig(**fields["model"]),
+                          "checkpoints": tuple(fields["checkpoints"])})

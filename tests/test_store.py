@@ -86,3 +86,19 @@ def test_every_run_the_chapters_show_is_stored():
     for name, cfg in config.legacy_chapter4_runs("laptop").items():
         model, history, _ = store.require(cfg, name)
         assert history.step.max() == cfg.n_steps, name
+
+
+def test_every_stored_entry_reproduces_its_final_evaluation():
+    """Each entry of data/models, reloaded, scores its final row again on its own test set."""
+    records = sorted(store.STORE.glob("*.json"))
+    assert len(records) >= len(config.legacy_chapter4_runs("laptop"))
+    for record in records:
+        cfg = config.from_record(json.loads(record.read_text())["config"])
+        assert store.key(cfg) == record.stem
+        model, history, _ = store.require(cfg)
+        final = history[history.step == history.step.max()].set_index("k_test").loc[cfg.k_train]
+        roots, leaves = train.test_sets(cfg, train.grammar(cfg))[cfg.k_train]
+        n = int(final.n_test)
+        row = train.evaluate(model, {cfg.k_train: (roots[:n], leaves[:n])}, n)[0]
+        assert row["loss"] == pytest.approx(final.loss, rel=2e-5), record.stem
+        assert row["accuracy"] == pytest.approx(final.accuracy, abs=1e-6), record.stem

@@ -128,34 +128,40 @@ def _marginal(P, keep):
 
 @pytest.mark.parametrize("q, depth", [(2, 3), (3, 2)])
 def test_filtering_keeps_one_point_marginals(q, depth):
+    """lib's exact pair laws keep every leaf's law under filtering, as brute force says."""
     M = dense_grammar(q)
     full = exact.joint_root_leaves(M, depth, 0)
-    for k in range(1, depth + 1):
-        P = exact.joint_root_leaves(M, depth, k)
+    for k in range(depth + 1):
+        P = tree.pair_marginals(M, depth, k)
         for i in range(2**depth):
-            np.testing.assert_allclose(_marginal(P, {0, 1 + i}), _marginal(full, {0, 1 + i}), atol=1e-12)
+            np.testing.assert_allclose(np.diag(P[i, i]), _marginal(full, {1 + i}), atol=1e-12)
 
 
 @pytest.mark.parametrize("q, depth", [(2, 3), (3, 2)])
 def test_filtering_keeps_within_block_and_removes_between_block_correlations(q, depth):
+    """lib's exact pair laws under filtering k: a pair inside a block of 2**(depth-k) leaves keeps
+    the full model's law; a pair across blocks is independent given the root. Both references
+    come from brute-force enumeration of the full and of the filtered joint law."""
     M = dense_grammar(q)
     full = exact.joint_root_leaves(M, depth, 0)
     L = 2**depth
     for k in range(1, depth + 1):
-        P = exact.joint_root_leaves(M, depth, k)
+        P, joint = tree.pair_marginals(M, depth, k), exact.joint_root_leaves(M, depth, k)
         size = L // 2**k
-        for start in range(0, L, size):                  # joint law of (root, one block) unchanged
-            keep = {0} | {1 + t for t in range(start, start + size)}
-            np.testing.assert_allclose(_marginal(P, keep), _marginal(full, keep), atol=1e-12)
-        # first leaf of block 0 and first leaf of block 1: independent given the root under model k
-        pair = _marginal(P, {0, 1, 1 + size})                           # (root, x_a, x_b)
-        root = pair.sum(axis=(1, 2))[:, None, None]
-        product = pair.sum(axis=2, keepdims=True) * pair.sum(axis=1, keepdims=True) / root
-        np.testing.assert_allclose(pair, product, atol=1e-12)
-    # ... while the full model does correlate them beyond the root (the test above has power)
-    pair = _marginal(full, {0, 1, 1 + L // 2})
-    root = pair.sum(axis=(1, 2))[:, None, None]
-    assert np.abs(pair - pair.sum(axis=2, keepdims=True) * pair.sum(axis=1, keepdims=True) / root).max() > 1e-4
+        for i in range(L):
+            for j in range(i + 1, L):
+                if i // size == j // size:
+                    np.testing.assert_allclose(P[i, j], _marginal(full, {1 + i, 1 + j}), atol=1e-12)
+                else:
+                    trio = _marginal(joint, {0, 1 + i, 1 + j})             # (root, x_i, x_j)
+                    root = trio.sum(axis=(1, 2))[:, None, None]
+                    product = trio.sum(axis=2, keepdims=True) * trio.sum(axis=1, keepdims=True) / root
+                    np.testing.assert_allclose(P[i, j], product.sum(0), atol=1e-12)
+    # ... while the full model does correlate leaves beyond the root (the test above has power)
+    P0 = tree.pair_marginals(M, depth, 0)
+    trio = _marginal(full, {0, 1, 1 + L // 2})
+    product = trio.sum(axis=2, keepdims=True) * trio.sum(axis=1, keepdims=True) / trio.sum(axis=(1, 2))[:, None, None]
+    assert np.abs(P0[0, L // 2] - product.sum(0)).max() > 1e-4
 
 
 def _bad_grammars():
