@@ -48,7 +48,12 @@ class FactoredAttention(nn.Module):
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """Logits (B, L, q) for every site of ``s`` (B, L) (ids ``0..q``, ``q`` = mask)."""
-        values = nn.functional.pad(self.V.T, (0, 0, 0, 1))[s]    # (B, L, q): V[a, s_j], 0 for the mask
+        if s.dim() != 2 or s.shape[1] != self.L:
+            raise ValueError(f"s must have shape (B, {self.L}), got {tuple(s.shape)}")
+        if s.numel() and (s.min() < 0 or s.max() > self.q):
+            raise ValueError(f"s: ids must be in 0..{self.q} (colours, then the mask {self.q}), "
+                             f"got values in {int(s.min())}..{int(s.max())}")
+        values = nn.functional.pad(self.V.T, (0, 0, 0, 1))[s]    # (B, L, q): V[a, s_j]; mask: 0
         return torch.einsum("ij,bja->bia", self.attention(), values)
 
 

@@ -145,6 +145,8 @@ def context_predictive(counts, alpha: float) -> np.ndarray:
     numpy.ndarray, shape (..., T)
     """
     counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim < 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError("counts must be an array (..., T) of finite, non-negative word counts")
     _, _, alpha = check_topics(counts.shape[-1], 1, alpha)
     return (alpha + counts) / (counts.shape[-1] * alpha + counts.sum(-1, keepdims=True))
 
@@ -166,10 +168,17 @@ def bayes_loss(data: MaskedCorpus, T: int, v: int, alpha: float, p_random: float
     p_random, p_keep : float
     use_query : bool
         False ignores the query token: the best loss from the context alone.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` has no masked position, holds ids outside ``0..T*v+3`` or labels that are
+        not words, or contradicts ``p_random, p_keep`` (a query the rule cannot produce).
     """
     T, v, alpha = check_topics(T, v, alpha)
     p_mask = mask_probability(p_random, p_keep)
     n_ids = T * v + N_SPECIAL
+    _check_lda_corpus(data, n_ids)
     topic = torch.as_tensor(topic_of_id(T, v))
     ctx_topic = torch.where(data.key_visible, topic[data.inputs], -1)
     counts = F.one_hot(ctx_topic + 1, T + 1)[..., 1:].sum(1).numpy()            # (n, T)
@@ -183,5 +192,22 @@ def bayes_loss(data: MaskedCorpus, T: int, v: int, alpha: float, p_random: float
     q = data.inputs.gather(1, data.query_pos).numpy()[valid]
     p_q = np.where(q >= N_SPECIAL, p_topic[doc, topic.numpy()[q]] / v, 0.0)     # P(q | context)
     c0 = p_mask * (q == MASK) + p_random / n_ids
-    posterior = p_y * (c0 + p_keep * (q == y)) / (c0 + p_keep * p_q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        posterior = p_y * (c0 + p_keep * (q == y)) / (c0 + p_keep * p_q)
+    if not np.all(posterior > 0):                                  # zero, or 0/0 = NaN
+        raise ValueError(f"data contradicts p_random={p_random}, p_keep={p_keep}: some query "
+                         "token has probability zero under that rule; pass the rule that "
+                         "masked data")
     return float(-np.log(posterior).mean())
+
+
+def _check_lda_corpus(data: MaskedCorpus, n_ids: int) -> None:
+    """Ids of ``data`` in ``0..n_ids-1``, at least one masked position, and word labels only."""
+    if data.inputs.numel() and (data.inputs.min() < 0 or data.inputs.max() >= n_ids):
+        raise ValueError(f"data: token ids must be in 0..{n_ids - 1} (T*v + 4 ids); was it "
+                         "masked with the same T and v?")
+    labels = data.query_labels[data.query_labels != IGNORE]
+    if labels.numel() == 0:
+        raise ValueError("data has no masked positions to score")
+    if labels.min() < N_SPECIAL or labels.max() >= n_ids:
+        raise ValueError(f"data: masked labels must be words, ids {N_SPECIAL}..{n_ids - 1}")

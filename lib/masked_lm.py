@@ -24,7 +24,7 @@ def loss(model: nn.Module, data: MaskedCorpus) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: MaskedCorpus, batch_size: int = 500) -> float:
-    """Cross-entropy over all masked positions of ``data``, in batches, in eval mode (no gradient)."""
+    """Cross-entropy over all masked positions of ``data``, in batches, in eval mode, no gradient."""
     batch_size = check_int("batch_size", batch_size, 1)
     if not (data.query_labels != IGNORE).any():
         raise ValueError("data has no masked positions to score")
@@ -71,6 +71,11 @@ def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimi
     pandas.DataFrame
         One row per record: ``step``, ``train_loss`` (mean batch loss since the last record,
         NaN at step 0) and the keys of ``record``.
+
+    Raises
+    ------
+    ValueError
+        For bad settings, or if a document of ``data`` has no masked position.
     """
     import pandas as pd
 
@@ -80,8 +85,12 @@ def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimi
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     batch_size = check_int("batch_size", batch_size, 1, len(data))
     record_every = check_int("record_every", record_every, 0)
+    empty = ~(data.query_labels != IGNORE).any(1)
+    if empty.any():                        # a batch of such documents would have a NaN loss
+        raise ValueError(f"data: every document needs a masked position; "
+                         f"{int(empty.sum())} of {len(data)} have none")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=lr)
     rng = np.random.default_rng(check_int("order_seed", order_seed, 0))
     order, cursor, running, rows = rng.permutation(len(data)), 0, [], []
 

@@ -43,11 +43,13 @@ def check_potts(J, U, beta) -> tuple[np.ndarray, np.ndarray, float]:
     J, U = np.asarray(J, dtype=np.float64), np.asarray(U, dtype=np.float64)
     for name, X, size in (("J", J, "L"), ("U", U, "q")):
         if X.ndim != 2 or X.shape[0] != X.shape[1]:
-            raise ValueError(f"{name} must be a square matrix of shape ({size}, {size}), got shape {X.shape}")
+            raise ValueError(f"{name} must be a square matrix of shape ({size}, {size}), "
+                             f"got shape {X.shape}")
         if not np.all(np.isfinite(X)):
             raise ValueError(f"{name} must be finite (no NaN or inf entries)")
         if not np.allclose(X, X.T, rtol=0, atol=_SYMMETRY_TOL):
-            raise ValueError(f"{name} must be symmetric, max |{name} - {name}.T| = {np.abs(X - X.T).max():.3g}")
+            raise ValueError(f"{name} must be symmetric, max |{name} - {name}.T| = "
+                             f"{np.abs(X - X.T).max():.3g}")
     if J.shape[0] < 2:
         raise ValueError(f"J: the number of sites L must be >= 2, got L = {J.shape[0]}")
     if np.any(np.diag(J) != 0):
@@ -57,16 +59,39 @@ def check_potts(J, U, beta) -> tuple[np.ndarray, np.ndarray, float]:
     return J, U, check_real("beta", beta, lo=0.0)
 
 
-def check_sequences(s, L: int, q: int) -> np.ndarray:
-    """Check a batch of colour sequences, shape (n, L) with values in ``0..q-1``; return int64."""
+def check_sequences(s, L: int | None, q: int) -> np.ndarray:
+    """Check a batch of colour sequences, shape (n, L) with values in ``0..q-1``; return int64.
+
+    ``L=None`` accepts any length; at least one sequence is required (losses average over them).
+    """
     s = np.asarray(s)
-    if s.ndim != 2 or s.shape[1] != L:
-        raise ValueError(f"s must have shape (n, {L}), got shape {s.shape}; wrap one sequence as s[None]")
-    if s.size and not np.issubdtype(s.dtype, np.integer):
+    shape = f"(n, {'L' if L is None else L})"
+    if s.ndim != 2 or (L is not None and s.shape[1] != L):
+        raise ValueError(f"s must have shape {shape}, got shape {s.shape}; "
+                         "wrap one sequence as s[None]")
+    if s.shape[0] < 1 or s.shape[1] < 1:
+        raise ValueError(f"s must hold at least one sequence of at least one site, "
+                         f"got shape {s.shape}")
+    if not np.issubdtype(s.dtype, np.integer):
         raise ValueError(f"s must hold integer colours in 0..{q - 1}, got dtype {s.dtype}")
-    if s.size and (s.min() < 0 or s.max() >= q):
+    if s.min() < 0 or s.max() >= q:
         raise ValueError(f"s: colours must be in 0..{q - 1}, got values in {s.min()}..{s.max()}")
     return s.astype(np.int64, copy=False)
+
+
+def check_factors(K, V) -> tuple[np.ndarray, np.ndarray]:
+    """Check the factors of a coupling ``K_ij V[a, b]``: finite, ``K`` (L, L), ``V`` (q, q).
+
+    Neither needs to be symmetric (a pseudo-likelihood fit is not); ``L, q >= 2``.
+    """
+    K, V = np.asarray(K, dtype=np.float64), np.asarray(V, dtype=np.float64)
+    for name, X, size in (("K", K, "L"), ("V", V, "q")):
+        if X.ndim != 2 or X.shape[0] != X.shape[1] or X.shape[0] < 2:
+            raise ValueError(f"{name} must be a square matrix of shape ({size}, {size}) with "
+                             f"{size} >= 2, got shape {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"{name} must be finite (no NaN or inf entries)")
+    return K, V
 
 
 def random_couplings(L: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +126,7 @@ def log_conditionals(K, V, s) -> np.ndarray:
     symmetric (a PL fit is not); its diagonal is ignored. For a Potts model pass ``K = beta J``,
     ``V = U``.
     """
-    K, V = np.asarray(K, dtype=np.float64), np.asarray(V, dtype=np.float64)
+    K, V = check_factors(K, V)
     s = check_sequences(s, K.shape[0], V.shape[0])
     K = K - np.diag(np.diag(K))
     return log_softmax(K @ V.T[s], axis=2)                      # V.T[s][n, j, a] = V[a, s_j]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lib.potts import check_sequences
 from lib.transformer import ModelConfig, Transformer
 from lib.validate import check_int, check_real
 
@@ -31,20 +32,58 @@ def vanilla_transformer(L: int, q: int, n_layers: int, *, d_model: int = 32, n_h
         return Transformer(cfg)
 
 
-def masked_logits(model: nn.Module, s: torch.Tensor, mask_id: int) -> torch.Tensor:
+def check_inputs(model: nn.Module, s, mask_id: int) -> tuple[torch.Tensor, int]:
+    """Check MLM inputs; return ``s`` as an int64 tensor and ``mask_id``.
+
+    ``s`` (n, L) holds colours ``0..q-1`` and ``mask_id`` must be ``q``, the id after them (the
+    convention of `lib.factored_attention` and `vanilla_transformer`). When the model declares
+    its sizes (``model.L, model.q`` or ``model.cfg.seq_len, model.cfg.n_classes``), ``L`` and
+    ``q`` must match them.
+    """
+    L, q = _declared_sizes(model)
+    mask_id = check_int("mask_id", mask_id, 2)
+    if q is not None and mask_id != q:
+        raise ValueError(f"mask_id must be q = {q}, the id after the model's colours "
+                         f"0..{q - 1}, got {mask_id}")
+    return torch.as_tensor(check_sequences(s, L, mask_id)), mask_id
+
+
+def _declared_sizes(model: nn.Module) -> tuple[int | None, int | None]:
+    """``(L, q)`` of a factored layer or a `lib.transformer.Transformer`; ``(None, None)`` otherwise."""
+    if hasattr(model, "L") and hasattr(model, "q"):
+        return model.L, model.q
+    cfg = getattr(model, "cfg", None)
+    if hasattr(cfg, "seq_len") and hasattr(cfg, "n_classes"):
+        return cfg.seq_len, cfg.n_classes
+    return None, None
+
+
+def _check_width(logits: torch.Tensor, mask_id: int) -> None:
+    """The model must predict ``q = mask_id`` colours."""
+    if logits.shape[-1] != mask_id:
+        raise ValueError(f"mask_id must be q = {logits.shape[-1]}, the number of colours the "
+                         f"model predicts, got {mask_id}")
+
+
+def masked_logits(model: nn.Module, s, mask_id: int) -> torch.Tensor:
     """Logits (B, L, q) for each site ``i`` of ``s`` (B, L), predicted with site ``i`` alone masked.
 
-    Runs the model on the ``B * L`` copies of the batch that have one site masked each.
+    Runs the model on the ``B * L`` copies of the batch that have one site masked each. ``s``
+    holds colours ``0..q-1`` and ``mask_id`` is ``q`` (see `check_inputs`).
     """
+    s, mask_id = check_inputs(model, s, mask_id)
     B, L = s.shape
     site = torch.arange(L)
     x = s[:, None, :].repeat(1, L, 1)                             # (B, L copies, L)
     x[:, site, site] = mask_id
-    return model(x.reshape(B * L, L)).reshape(B, L, L, -1)[:, site, site]
+    logits = model(x.reshape(B * L, L))
+    _check_width(logits, mask_id)
+    return logits.reshape(B, L, L, -1)[:, site, site]
 
 
-def mlm_loss(model: nn.Module, s: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Single-token MLM cross-entropy averaged over all sites: ``-(1/(BL)) sum log p(s_i | s_{-i})``."""
+def mlm_loss(model: nn.Module, s, mask_id: int) -> torch.Tensor:
+    """Single-token MLM cross-entropy over all sites: ``-(1/(BL)) sum log p(s_i | s_{-i})``."""
+    s, mask_id = check_inputs(model, s, mask_id)
     logits = masked_logits(model, s, mask_id)
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), s.reshape(-1))
 
@@ -53,26 +92,28 @@ def mlm_loss(model: nn.Module, s: torch.Tensor, mask_id: int) -> torch.Tensor:
 def test_loss(model: nn.Module, s, mask_id: int, batch_size: int = 256) -> float:
     """MLM cross-entropy (nats) over every site of ``s`` (n, L), in eval mode, in batches."""
     batch_size = check_int("batch_size", batch_size, 1)
+    s, mask_id = check_inputs(model, s, mask_id)
     was_training = model.training
     model.eval()
-    s = torch.as_tensor(np.asarray(s))
-    total = sum(float(mlm_loss(model, chunk, mask_id)) * len(chunk) for chunk in s.split(batch_size))
+    chunks = s.split(batch_size)
+    total = sum(float(mlm_loss(model, chunk, mask_id)) * len(chunk) for chunk in chunks)
     model.train(was_training)
     return total / len(s)
 
 
 def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_size: int = 128,
-              lr: float = 1e-3, eval_every: int = 250, batch_seed: int = 0, mask_seed: int = 0) -> list:
+              lr: float = 1e-3, eval_every: int = 250, batch_seed: int = 0,
+              mask_seed: int = 0) -> list:
     """Train any MLM model with Adam, one masked site per sequence, early-stopped on ``s_val``.
 
     Parameters
     ----------
     model : torch.nn.Module
-        Maps ids (B, L) in ``0..mask_id`` to logits (B, L, q).
+        Maps ids (B, L) in ``0..q`` to logits (B, L, q).
     s, s_val : array_like of int, shape (M, L) and (M_val, L)
-        Training and validation sequences.
+        Training and validation sequences, colours ``0..q-1``.
     mask_id : int
-        Id of the mask token.
+        Id of the mask token: ``q``, see `check_inputs`.
     steps, batch_size, lr, eval_every : int, int, float, int
         Adam steps, sequences per step, learning rate, steps between validations.
     batch_seed, mask_seed : int
@@ -83,7 +124,8 @@ def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_siz
     history : list of (step, validation loss)
         The model is left with the parameters of the best validation loss.
     """
-    s, s_val = torch.as_tensor(np.asarray(s)), np.asarray(s_val)
+    s, mask_id = check_inputs(model, s, mask_id)
+    s_val = check_sequences(s_val, s.shape[1], mask_id)
     steps, eval_every = check_int("steps", steps, 1), check_int("eval_every", eval_every, 1)
     batch_size = check_int("batch_size", batch_size, 1)
     g_batch = torch.Generator().manual_seed(check_int("batch_seed", batch_seed, 0))
@@ -95,7 +137,10 @@ def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_siz
         site = torch.randint(x.shape[1], (batch_size,), generator=g_mask)   # one masked site each
         target = x[rows, site]
         x[rows, site] = mask_id
-        loss = nn.functional.cross_entropy(model(x)[rows, site], target)
+        logits = model(x)[rows, site]                                       # (B, q)
+        if step == 1:
+            _check_width(logits, mask_id)
+        loss = nn.functional.cross_entropy(logits, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -105,3 +150,4 @@ def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_siz
                 best = (history[-1][1], {k: v.clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[1])
     return history
+

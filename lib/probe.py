@@ -63,6 +63,8 @@ def ancestors(levels: list[np.ndarray], m: int) -> np.ndarray:
         ``out[s, i]`` is node ``i >> (depth - m)`` of level ``m`` (``-1`` where that level does
         not exist in a filtered tree).
     """
+    if len(levels) < 1:
+        raise ValueError("levels must hold at least the root level (output of tree.sample_tree)")
     depth = len(levels) - 1
     m = check_int("m", m, 0, depth)
     return np.repeat(levels[m], 2 ** (depth - m), axis=1)
@@ -82,6 +84,8 @@ class Probe:
         h = np.asarray(h, dtype=np.float64)
         if h.ndim != 2 or h.shape[1] != self.W.shape[1]:
             raise ValueError(f"h must have shape (n, {self.W.shape[1]}), got {h.shape}")
+        if not np.all(np.isfinite(h)):
+            raise ValueError("h must be finite (no NaN or inf entries)")
         z = ((h - self.mean) / self.std) @ self.W.T + self.b
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
@@ -114,6 +118,8 @@ def fit_probe(h, y, q: int, l2: float = 1e-4, max_iter: int = 200) -> Probe:
     h, y = np.asarray(h, dtype=np.float64), np.asarray(y)
     if h.ndim != 2 or y.shape != (len(h),) or len(h) == 0:
         raise ValueError(f"h must be (n, d) and y (n,) with n >= 1, got {h.shape} and {y.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError("h must be finite (no NaN or inf entries)")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= q:
         raise ValueError(f"y must hold integers in 0..{q - 1}")
     mean, std = h.mean(0), h.std(0) + 1e-8
@@ -140,11 +146,12 @@ def divergence(p_ref, p) -> tuple[float, float]:
     cross-entropy) and ``TV = 1 - mean p[true]``.
     """
     p_ref, p = np.asarray(p_ref, dtype=float), np.asarray(p, dtype=float)
-    if p_ref.ndim != 2 or p.shape != p_ref.shape:
-        raise ValueError(f"p_ref and p must have the same shape (n, q), got {p_ref.shape} and {p.shape}")
+    if p_ref.ndim != 2 or p.shape != p_ref.shape or len(p) == 0:
+        raise ValueError(f"p_ref and p must have the same shape (n, q) with n >= 1, got "
+                         f"{p_ref.shape} and {p.shape}")
     for name, P in (("p_ref", p_ref), ("p", p)):
-        if np.any(P < 0) or not np.allclose(P.sum(1), 1.0, atol=1e-6):
-            raise ValueError(f"{name} must have non-negative rows summing to one")
+        if not np.all(np.isfinite(P)) or np.any(P < 0) or not np.allclose(P.sum(1), 1.0, atol=1e-6):
+            raise ValueError(f"{name} must have finite, non-negative rows summing to one")
     safe = np.where(p_ref > 0, p_ref, 1.0)
     kl = np.sum(np.where(p_ref > 0, p_ref * (np.log(safe) - np.log(np.maximum(p, 1e-300))), 0.0), 1)
     return float(kl.mean()), float(0.5 * np.abs(p_ref - p).sum(1).mean())

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from lib.potts import check_potts, check_sequences
+from lib.potts import check_factors, check_potts, check_sequences
 from lib.validate import check_int, check_real
 
 def pl_objective(K, V, s, lam: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
@@ -27,7 +27,7 @@ def pl_objective(K, V, s, lam: float = 0.0) -> tuple[float, np.ndarray, np.ndarr
     dK : numpy.ndarray, shape (L, L), zero diagonal
     dV : numpy.ndarray, shape (q, q)
     """
-    K, V = np.asarray(K, dtype=np.float64), np.asarray(V, dtype=np.float64)
+    K, V = check_factors(K, V)
     s = check_sequences(s, K.shape[0], V.shape[0])
     return _pl_terms(K, V, s, np.eye(V.shape[0])[s], check_real("lam", lam, lo=0.0))
 
@@ -71,17 +71,18 @@ def fit_pseudolikelihood(s, q: int, lam: float = 1e-4, *, init_seed: int = 0,
     V : numpy.ndarray, shape (q, q)
     """
     q = check_int("q", q, 2)
-    s = check_sequences(s, np.shape(s)[-1], q)
+    s = check_sequences(s, None, q)
     L, Y, lam = s.shape[1], np.eye(q)[s], check_real("lam", lam, lo=0.0)
     rng = np.random.default_rng(check_int("init_seed", init_seed, 0))
     theta0 = 0.1 * rng.standard_normal(L * L + q * q)
 
     def objective(theta):
-        loss, dK, dV = _pl_terms(theta[:L * L].reshape(L, L), theta[L * L:].reshape(q, q), s, Y, lam)
+        K, V = theta[:L * L].reshape(L, L), theta[L * L:].reshape(q, q)
+        loss, dK, dV = _pl_terms(K, V, s, Y, lam)
         return loss, np.concatenate([dK.ravel(), dV.ravel()])
 
-    res = minimize(objective, theta0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": check_int("max_iter", max_iter, 1), "gtol": 1e-10, "ftol": 1e-14})
+    options = {"maxiter": check_int("max_iter", max_iter, 1), "gtol": 1e-10, "ftol": 1e-14}
+    res = minimize(objective, theta0, jac=True, method="L-BFGS-B", options=options)
     K = res.x[:L * L].reshape(L, L)
     np.fill_diagonal(K, 0.0)
     return K, res.x[L * L:].reshape(q, q)
@@ -100,19 +101,31 @@ def fix_gauge(K, V, U) -> tuple[np.ndarray, np.ndarray]:
     K : numpy.ndarray, shape (L, L), symmetric, comparable with ``beta J``
     V : numpy.ndarray, shape (q, q), centred over axis 0, comparable with the centred ``U``
     """
-    K, V, U = (np.asarray(X, dtype=np.float64) for X in (K, V, U))
+    K, V = check_factors(K, V)
+    U = np.asarray(U, dtype=np.float64)
+    if U.shape != V.shape:
+        raise ValueError(f"U must have the shape of V {V.shape}, got {U.shape}")
     V, Uc = V - V.mean(axis=0), U - U.mean(axis=0)
-    c = np.linalg.norm(Uc) / np.linalg.norm(V) * np.sign((V * Uc).sum())
+    overlap, scale = (V * Uc).sum(), np.linalg.norm(V) * np.linalg.norm(Uc)
+    if not np.isfinite(overlap) or np.abs(overlap) <= 1e-12 * scale:
+        raise ValueError("V and U, centred over the predicted colour, must overlap (nonzero, "
+                         "finite, not orthogonal) to fix the scale and sign of the gauge")
+    c = np.linalg.norm(Uc) / np.linalg.norm(V) * np.sign(overlap)
     return (K + K.T) / (2 * c), c * V
 
 
 def coupling_error(K, V, J, U, beta) -> float:
-    """Relative Frobenius error of the gauge-fixed coupling tensor ``K_ij V[a, b]`` against ``beta J_ij U[a, b]``.
+    """Relative Frobenius error of the gauge-fixed ``K_ij V[a, b]`` against ``beta J_ij U[a, b]``.
 
     Both tensors are centred over the predicted colour ``a``; ``K`` is symmetrized. The error does
-    not depend on the scale gauge.
+    not depend on the scale gauge. The truth must be nonzero (``beta > 0``, ``U`` not constant
+    over ``a``).
     """
     J, U, beta = check_potts(J, U, beta)
+    if np.shape(K) != J.shape:
+        raise ValueError(f"K must have the shape of J {J.shape}, got {np.shape(K)}")
+    if beta == 0.0:
+        raise ValueError("beta must be > 0: the error is relative to beta J, which is zero")
     K, V = fix_gauge(K, V, U)
     true = np.einsum("ij,ab->iajb", beta * J, U - U.mean(axis=0))
     return float(np.linalg.norm(np.einsum("ij,ab->iajb", K, V) - true) / np.linalg.norm(true))

@@ -26,6 +26,11 @@ def semicircle_stieltjes(z, g: float = 1.0):
     ``G`` solves ``g^2 G^2 - z G + 1 = 0``, so ``G' = -G^2 / (1 - g^2 G^2)``: a form without the
     cancellation of ``(1 - z / sqrt(z^2 - 4 g^2)) / (2 g^2)`` at large ``z`` (small ridge).
     """
+    g = check_real("g", g, lo=0.0)
+    z_arr = np.asarray(z, dtype=np.float64)
+    if not np.all(np.isfinite(z_arr)) or np.any(z_arr <= 2 * g):
+        raise ValueError(f"z must be finite and > 2g = {2 * g} (outside the semicircle's "
+                         f"support), got {z}")
     G = 2 / (z + np.sqrt(np.square(z) - 4 * g**2))
     return G, -G**2 / (1 - g**2 * G**2)
 
@@ -79,6 +84,7 @@ def generalization_error(alpha: float, lam: float, nu: float = 3.0, g: float = 1
 
 def symmetric_gaussian(rng: np.random.Generator, L: int) -> np.ndarray:
     """``(G + G.T) / sqrt(2 L)`` with zero diagonal, ``G`` (L, L) standard normal drawn from ``rng``."""
+    L = check_int("L", L, 2)
     G = rng.standard_normal((L, L))
     J = (G + G.T) / np.sqrt(2 * L)
     np.fill_diagonal(J, 0.0)
@@ -112,7 +118,14 @@ def ridge_errors(x: np.ndarray, C: np.ndarray, J: np.ndarray, nu: float, sites, 
     eps : numpy.ndarray, shape (len(lams), len(sites))
         ``1/nu + (w_hat - w*)^T C' (w_hat - w*)`` with ``C'`` the ``(-i, -i)`` block of ``C``.
     """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be a finite (M, L) array with M >= 1, L >= 2, got {x.shape}")
     M, L = x.shape
+    for name, X in (("C", C), ("J", J)):
+        if np.shape(X) != (L, L):
+            raise ValueError(f"{name} must have shape ({L}, {L}) to match x, got {np.shape(X)}")
+    sites = [check_int("sites", i, 0, L - 1) for i in sites]
     lams, nu = [check_real("lams", lam, lo=0.0) for lam in lams], check_real("nu", nu, lo=1e-300)
     eps = np.empty((len(lams), len(sites)))
     for k, i in enumerate(sites):
@@ -121,7 +134,10 @@ def ridge_errors(x: np.ndarray, C: np.ndarray, J: np.ndarray, nu: float, sites, 
         e, Q = np.linalg.eigh(X.T @ X / M)                        # ridge for every lam from one eigh
         b = Q.T @ (X.T @ x[:, i] / M)
         for m, lam in enumerate(lams):
-            inv = 1 / (e + lam) if lam > 0 else np.where(e > 1e-10 * e.max(), 1 / np.maximum(e, 1e-300), 0)
+            if lam > 0:
+                inv = 1 / (e + lam)
+            else:                                                 # minimum-norm least squares
+                inv = np.where(e > 1e-10 * e.max(), 1 / np.maximum(e, 1e-300), 0)
             d = Q @ (inv * b) - w_star
             eps[m, k] = 1 / nu + d @ Cp @ d
     return eps

@@ -81,14 +81,20 @@ def fit_lda(docs, n_topics: int, seed: int = 0, passes: int = 5, no_below: int =
 
     n_topics = check_int("n_topics", n_topics, 2)
     dictionary = Dictionary(docs)
-    dictionary.filter_extremes(no_below=check_int("no_below", no_below, 1),
-                               no_above=check_real("no_above", no_above, 0.0), keep_n=None)
+    no_above = check_real("no_above", no_above, 0.0)
+    if not 0.0 < no_above <= 1.0:
+        raise ValueError(f"no_above must be a fraction in (0, 1], got {no_above}")
+    dictionary.filter_extremes(no_below=check_int("no_below", no_below, 1), no_above=no_above,
+                               keep_n=None)
     dictionary.filter_tokens(bad_ids=[dictionary.token2id[w] for w in STOPWORDS
                                       if w in dictionary.token2id])
     dictionary.compactify()
     bow = [dictionary.doc2bow(d) for d in docs]
-    lda = LdaModel(bow, id2word=dictionary, num_topics=n_topics, passes=check_int("passes", passes, 1),
-                   random_state=check_int("seed", seed, 0), chunksize=len(bow), eval_every=None)
+    if not bow or not len(dictionary):
+        raise ValueError("docs leave no words after filtering: lower no_below or raise no_above")
+    lda = LdaModel(bow, id2word=dictionary, num_topics=n_topics,
+                   passes=check_int("passes", passes, 1), random_state=check_int("seed", seed, 0),
+                   chunksize=len(bow), eval_every=None)
     return dictionary, lda
 
 
@@ -102,6 +108,7 @@ def word_topics(lda, dictionary, words, min_prob: float = 0.5) -> np.ndarray:
     -------
     numpy.ndarray, shape (len(words),), int64
     """
+    min_prob = check_real("min_prob", min_prob, 0.0)
     phi = lda.get_topics()                                        # (n_topics, n_words) p(w | t)
     p_topic = phi / phi.sum(0, keepdims=True)
     out = np.full(len(words), -1, dtype=np.int64)

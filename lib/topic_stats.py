@@ -31,22 +31,44 @@ def pair_means(G, topic) -> dict:
         ``same_token`` (diagonal), ``same_topic`` (different ids, same topic), ``different_topic``
         and ``gap = same_topic - different_topic``.
     """
-    G, topic = torch.as_tensor(G, dtype=torch.float64), torch.as_tensor(np.asarray(topic))
+    G, topic = torch.as_tensor(G, dtype=torch.float64), _check_topic(topic)
     if G.ndim != 2 or G.shape != (len(topic), len(topic)):
         raise ValueError(f"G must be (n_ids, n_ids) with n_ids = len(topic) = {len(topic)}, "
                          f"got shape {tuple(G.shape)}")
+    if not torch.isfinite(G).all():
+        raise ValueError("G must be finite (no NaN or inf entries)")
     word = topic >= 0
     G, t = G[word][:, word], topic[word]
     same, eye = t[:, None] == t[None, :], torch.eye(len(t), dtype=torch.bool)
+    _check_buckets({"same_topic": same & ~eye, "different_topic": ~same}, "topic")
     out = {"same_token": G.diagonal().mean(), "same_topic": G[same & ~eye].mean(),
            "different_topic": G[~same].mean()}
     out = {k: float(x) for k, x in out.items()}
     return {**out, "gap": out["same_topic"] - out["different_topic"]}
 
 
+def _check_topic(topic) -> torch.Tensor:
+    """Topic labels as a 1-D integer tensor (``-1`` = left out)."""
+    topic = np.asarray(topic)
+    if topic.ndim != 1 or (topic.size and not np.issubdtype(topic.dtype, np.integer)):
+        raise ValueError(f"topic must be a 1-D array of integer labels (-1 = left out), got "
+                         f"shape {topic.shape} and dtype {topic.dtype}")
+    return torch.as_tensor(topic)
+
+
+def _check_buckets(buckets: dict, where: str) -> None:
+    """Every pair bucket must hold a pair, or its mean would be NaN."""
+    for name, members in buckets.items():
+        if not members.any():
+            raise ValueError(f"no {name.replace('_', '-')} pair: {where} must label at least "
+                             "two different ids with one topic and ids with two topics")
+
+
 def cosine_gram(X) -> torch.Tensor:
     """Cosine similarity of the rows of ``X`` (n, d), shape (n, n); zero rows give 0."""
     X = torch.as_tensor(X, dtype=torch.float64)
+    if X.ndim != 2 or not torch.isfinite(X).all():
+        raise ValueError(f"X must be a finite matrix (n, d), got shape {tuple(X.shape)}")
     X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return X @ X.T
 
@@ -71,18 +93,23 @@ def attention_by_topic(A, ids, topic, ref_len: int = 100) -> dict:
         ``same_token`` (same id, including i = j), ``same_topic`` (different ids),
         ``different_topic``, their pair counts ``n_*`` and ``ratio = same_topic / different_topic``.
     """
-    A, ids, topic = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(ids), torch.as_tensor(np.asarray(topic))
+    A, ids = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(ids)
+    topic = _check_topic(topic)
     if ids.ndim != 2 or ids.min() < 0 or ids.max() >= len(topic):
         raise ValueError(f"ids must be (B, L) with values in 0..{len(topic) - 1}")
     t = topic[ids]                                                                 # (B, L)
     if A.ndim != 3 or A.shape[1:] != (t.shape[1],) * 2 or A.shape[0] != t.shape[0]:
-        raise ValueError(f"A must be (B, L, L) matching ids {tuple(t.shape)}, got {tuple(A.shape)}")
+        raise ValueError(f"A must be (B, L, L) matching ids {tuple(t.shape)}, "
+                         f"got {tuple(A.shape)}")
+    if not torch.isfinite(A).all() or (A < 0).any():
+        raise ValueError("A must hold attention weights: finite and non-negative")
     A = A * A.shape[-1] / check_int("ref_len", ref_len, 1)
     both = (t[:, :, None] >= 0) & (t[:, None, :] >= 0)
     same_id = ids[:, :, None] == ids[:, None, :]
     same_topic = t[:, :, None] == t[:, None, :]
     buckets = {"same_token": both & same_id, "same_topic": both & same_topic & ~same_id,
                "different_topic": both & ~same_topic}
+    _check_buckets(buckets, "topic[ids]")
     out = {k: float(A[m].mean()) for k, m in buckets.items()}
     out |= {f"n_{k}": int(m.sum()) for k, m in buckets.items()}
     return out | {"ratio": out["same_topic"] / out["different_topic"]}
@@ -145,7 +172,8 @@ def stage_time(steps, values, fraction: float = 0.5) -> int:
     Parameters
     ----------
     steps, values : array_like, shape (n,)
-        A recorded curve (e.g. the value gap or the attention ratio against the step).
+        A recorded curve (e.g. the value gap or the attention ratio against the step); it must
+        be finite and end above its start.
     fraction : float
         In (0, 1].
 
@@ -153,6 +181,12 @@ def stage_time(steps, values, fraction: float = 0.5) -> int:
     -------
     int
         The first ``steps[i]`` with ``values[i] - values[0] >= fraction * (values[-1] - values[0])``.
+
+    Raises
+    ------
+    ValueError
+        If the curve holds NaN or inf, or does not rise (``values[-1] <= values[0]``): a flat or
+        falling curve has no stage to time, and step 0 would pass for one.
     """
     steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
     if steps.shape != values.shape or steps.ndim != 1 or len(steps) < 2:
@@ -160,5 +194,10 @@ def stage_time(steps, values, fraction: float = 0.5) -> int:
                          f"{steps.shape} and {values.shape}")
     if not 0.0 < check_real("fraction", fraction, 0.0) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("values must be finite (no NaN or inf): the curve has no defined rise")
     rise = values - values[0]
+    if not rise[-1] > 0:
+        raise ValueError(f"values must rise from start to end, got {values[0]:.4g} -> "
+                         f"{values[-1]:.4g}: a flat or falling curve has no stage time")
     return int(steps[np.argmax(rise >= fraction * rise[-1])])

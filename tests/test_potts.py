@@ -85,6 +85,84 @@ def test_bad_sequences_and_sizes_rejected(model):
         potts_mlm.train_mlm(layer, s, s, Q, steps=1, batch_size=0)
 
 
+class _Unsized(torch.nn.Module):
+    """A model that declares no sizes: only its output width can reveal a wrong mask id."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.layer = factored_attention.FactoredAttention(L, q)
+
+    def forward(self, s):
+        return self.layer(s)
+
+
+@pytest.mark.parametrize("make", [lambda: factored_attention.FactoredAttention(L, Q),
+                                  lambda: potts_mlm.vanilla_transformer(L, Q, 1, d_model=8,
+                                                                        n_heads=2, d_ff=8)])
+def test_mlm_functions_reject_the_mask_as_a_colour_and_a_wrong_mask_id(make):
+    model, s = make(), np.zeros((4, L), dtype=int)
+    with_mask = s.copy()
+    with_mask[0, 1] = -1                                  # used to be read as the mask token
+    calls = [lambda x, m: potts_mlm.test_loss(model, x, m),
+             lambda x, m: potts_mlm.mlm_loss(model, torch.as_tensor(x), m),
+             lambda x, m: potts_mlm.masked_logits(model, torch.as_tensor(x), m),
+             lambda x, m: potts_mlm.train_mlm(model, x, s, m, steps=1, batch_size=2)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"colours must be in 0\.\.2"):
+            call(with_mask, Q)
+        with pytest.raises(ValueError, match=r"colours must be in 0\.\.2"):
+            call(np.full((4, L), Q), Q)                   # the mask id is not a colour
+        for wrong in (Q - 1, Q + 1):
+            with pytest.raises(ValueError, match=f"mask_id must be q = {Q}"):
+                call(s, wrong)
+        with pytest.raises(ValueError, match=r"s must have shape \(n, 4\)"):
+            call(np.zeros((4, L + 1), dtype=int), Q)
+    with pytest.raises(ValueError, match=r"s must have shape \(n, 4\)"):
+        potts_mlm.train_mlm(model, s, np.zeros((2, L + 1), dtype=int), Q, steps=1)
+    with pytest.raises(ValueError, match="at least one sequence"):
+        potts_mlm.test_loss(model, np.zeros((0, L), dtype=int), Q)
+
+
+def test_mlm_functions_check_the_output_width_of_an_unsized_model():
+    model, s = _Unsized(Q), np.zeros((4, L), dtype=int)
+    with pytest.raises(ValueError, match=f"mask_id must be q = {Q}, the number of colours"):
+        potts_mlm.test_loss(model, s, Q - 1)
+    with pytest.raises(ValueError, match=f"mask_id must be q = {Q}, the number of colours"):
+        potts_mlm.train_mlm(model, s, s, Q - 1, steps=1, batch_size=2)
+
+
+def test_factored_layer_rejects_ids_outside_colours_and_mask():
+    layer = factored_attention.FactoredAttention(L, Q)
+    for bad in (-1, Q + 1):
+        with pytest.raises(ValueError, match=r"ids must be in 0\.\.3"):
+            layer(torch.full((2, L), bad))
+    with pytest.raises(ValueError, match=r"s must have shape \(B, 4\)"):
+        layer(torch.zeros((2, L + 1), dtype=torch.long))
+    with pytest.raises(ValueError, match=r"colours must be in 0\.\.2"):
+        factored_attention.fit_factored(layer, np.full((2, L), -1))
+
+
+def test_factor_and_gauge_checks(model):
+    J, U, beta = model
+    s = np.zeros((2, L), dtype=int)
+    with pytest.raises(ValueError, match=r"K must be a square matrix"):
+        potts.log_conditionals(J[:, :2], U, s)
+    with pytest.raises(ValueError, match="V must be finite"):
+        pseudolikelihood.pl_objective(J, U * np.nan, s)
+    with pytest.raises(ValueError, match="must overlap"):
+        pseudolikelihood.fix_gauge(J, np.ones((Q, Q)), U)              # V constant over a
+    with pytest.raises(ValueError, match="must overlap"):
+        pseudolikelihood.fix_gauge(J, U, np.ones((Q, Q)))              # U constant over a
+    with pytest.raises(ValueError, match="U must have the shape of V"):
+        pseudolikelihood.fix_gauge(J, U, np.eye(Q + 1))
+    with pytest.raises(ValueError, match="K must have the shape of J"):
+        pseudolikelihood.coupling_error(np.eye(L + 1), U, J, U, beta)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        pseudolikelihood.coupling_error(J, U, J, U, 0.0)
+    with pytest.raises(ValueError, match="at least one sequence"):
+        potts.neg_log_pseudolikelihood(J, U, beta, np.zeros((0, L), dtype=int))
+
+
 def test_random_couplings_share_the_replica_coupling_matrix():
     J, _ = potts.random_couplings(30, 3, seed=7)
     assert np.array_equal(J, replica.gaussian_couplings(30, 1.0, seed=7))

@@ -95,3 +95,13 @@ def test_other_bad_inputs():
     fitted = probe.fit_probe(np.eye(2), np.array([0, 1]), 2)
     with pytest.raises(ValueError, match="h must"):
         fitted.predict_proba(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="h must be finite"):      # used to return NaN
+        fitted.predict_proba(np.array([[np.nan, 0.0]]))
+    with pytest.raises(ValueError, match="h must be finite"):      # used to fit NaN weights
+        probe.fit_probe(np.array([[np.inf], [0.0]]), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="n >= 1"):                # used to return NaN
+        probe.divergence(np.ones((0, 2)), np.ones((0, 2)))
+    with pytest.raises(ValueError, match="p_ref must have finite"):
+        probe.divergence(np.array([[np.nan, 1.0]]), np.ones((1, 2)) / 2)
+    with pytest.raises(ValueError, match="levels must"):
+        probe.ancestors([], 0)

@@ -80,3 +80,20 @@ def test_simulate_rejects_bad_arguments():
     x, J = np.zeros((5, 4)), np.zeros((4, 4))
     with pytest.raises(ValueError, match="lams must be a finite number >= 0"):
         replica.ridge_errors(x, np.eye(4), J, 3.0, [0], [0.1, -1.0])
+    with pytest.raises(ValueError, match=r"sites must be in 0\.\.3"):
+        replica.ridge_errors(x, np.eye(4), J, 3.0, [4], [0.1])
+    with pytest.raises(ValueError, match=r"C must have shape \(4, 4\)"):
+        replica.ridge_errors(x, np.eye(3), J, 3.0, [0], [0.1])
+    with pytest.raises(ValueError, match="x must be a finite"):
+        replica.ridge_errors(x * np.nan, np.eye(4), J, 3.0, [0], [0.1])
+
+
+@pytest.mark.parametrize("z", [1.5, 2.0, -3.0, np.nan, np.array([3.0, 1.0])])
+def test_stieltjes_transform_rejects_points_on_or_inside_the_support(z):
+    with pytest.raises(ValueError, match=r"z must be finite and > 2g = 2\.0"):   # used to be NaN
+        replica.semicircle_stieltjes(z, g=1.0)
+
+
+def test_symmetric_gaussian_checks_its_size():
+    with pytest.raises(ValueError, match="L must be in >= 2"):
+        replica.symmetric_gaussian(np.random.default_rng(0), 1)

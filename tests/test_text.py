@@ -84,6 +84,13 @@ def test_bad_parameters():
                                               n_layers=1, d_ff=8)))
     with pytest.raises(ValueError, match="n_topics"):
         text.fit_lda([["a", "b"]], 1)
+    for no_above in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"no_above must be a fraction in \(0, 1\]"):
+            text.fit_lda([["a", "b"]], 2, no_above=no_above)
+    with pytest.raises(ValueError, match="no words after filtering"):
+        text.fit_lda([["a", "b"]], 2, no_below=5)
+    with pytest.raises(ValueError, match="min_prob"):
+        text.word_topics(None, None, ["a"], min_prob=-0.1)
     with pytest.raises(ValueError, match="n_classes"):
         text.mask_text(np.zeros((2, 8), dtype=int), 0)
     with pytest.raises(ValueError, match="ids must"):

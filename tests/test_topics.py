@@ -249,7 +249,56 @@ def test_stage_time():
     assert topic_stats.stage_time([0, 10, 20, 30], [1.0, 1.1, 2.0, 3.0], fraction=1.0) == 30
 
 
+@pytest.mark.parametrize("values, match", [
+    ([1.0, 1.0, 1.0, 1.0], "must rise"),                 # flat: used to return step 0
+    ([3.0, 2.0, 1.5, 1.0], "must rise"),                 # falling: used to return step 0
+    ([1.0, 2.0, 3.0, 1.0], "must rise"),                 # ends where it started
+    ([1.0, np.nan, 2.0, 3.0], "finite"), ([1.0, 2.0, 3.0, np.nan], "finite")])
+def test_stage_time_rejects_curves_without_a_rise(values, match):
+    with pytest.raises(ValueError, match=match):
+        topic_stats.stage_time([0, 10, 20, 30], values)
+
+
 # ----------------------------------------------------------------------------- bad input
+def test_helpers_raise_instead_of_returning_nan_or_negative_probabilities(corpus):
+    with pytest.raises(ValueError, match="counts must be"):
+        lda.context_predictive([3, -1, 0], 0.1)           # used to give a negative probability
+    with pytest.raises(ValueError, match="counts must be"):
+        lda.context_predictive([3, np.nan, 0], 0.1)
+    data = lda.mask_corpus(corpus[0][:20], T, V_PER, seed=4)
+    with pytest.raises(ValueError, match="no masked positions"):   # used to return NaN
+        lda.bayes_loss(lda.unmasked(corpus[0][:3]), T, V_PER, ALPHA)
+    with pytest.raises(ValueError, match="same T and v"):
+        lda.bayes_loss(data, 5, V_PER, ALPHA)
+    contradicted = lda.mask_corpus(corpus[0][:200], T, V_PER, p_random=0.5, seed=4)
+    with pytest.raises(ValueError, match="contradicts p_random=0.0"):  # used to return NaN / inf
+        lda.bayes_loss(contradicted, T, V_PER, ALPHA, p_random=0.0)
+    one_topic = np.array([-1, 0, 0, 0])
+    with pytest.raises(ValueError, match="no different-topic pair"):
+        topic_stats.pair_means(np.eye(4), one_topic)
+    with pytest.raises(ValueError, match="no same-topic pair"):
+        topic_stats.pair_means(np.eye(4), np.array([-1, 0, 1, 2]))
+    with pytest.raises(ValueError, match="G must be finite"):
+        topic_stats.pair_means(np.full((4, 4), np.nan), np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="topic must be a 1-D"):
+        topic_stats.pair_means(np.eye(4), np.zeros((2, 2), dtype=int))
+    with pytest.raises(ValueError, match="X must be a finite matrix"):
+        topic_stats.cosine_gram(np.ones(3))
+    ids = torch.tensor([[2, 4, 5, 6, 4]])
+    uniform = torch.full((1, 5, 5), 1 / 5)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        topic_stats.attention_by_topic(uniform - 0.3, ids, lda.topic_of_id(2, 2))
+    with pytest.raises(ValueError, match="no different-topic pair"):   # ratio used to be NaN
+        topic_stats.attention_by_topic(uniform, torch.tensor([[2, 4, 5, 4, 5]]),
+                                       lda.topic_of_id(2, 2))
+
+
+def test_training_rejects_documents_without_a_masked_position(corpus):
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig())
+    with pytest.raises(ValueError, match="every document needs a masked position"):
+        masked_lm.train(model, lda.unmasked(corpus[0][:5]), 1, lr=0.1, batch_size=2)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"n_docs": 0}, "n_docs"), ({"n_docs": 5, "T": 1}, "T must"), ({"n_docs": 5, "alpha": 0.0}, "alpha"),
     ({"n_docs": 5, "v": 0}, "v must"), ({"n_docs": 5, "min_len": 10, "max_len": 5}, "max_len"),
