@@ -32,6 +32,7 @@ import torch
 from lib import train
 from lib.config import LEGACY_FIELDS, TrainConfig
 from lib.provenance import code_state
+from lib.resume import atomic_write, cpu_state
 from lib.transformer import Transformer
 
 #: Default location of the store, ``data/models`` in the repository.
@@ -65,13 +66,6 @@ class MissingEntry(LookupError):
     """Raised by :func:`require` when the store has no entry for a run."""
 
 
-def _write(path: Path, write) -> None:
-    """Call ``write(tmp)`` for a temporary file next to ``path``, then rename it to ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save(cfg: TrainConfig, model: Transformer, history: pd.DataFrame, info: dict,
          checkpoints: dict | None = None, root: Path = STORE, allow_dirty: bool = False) -> Path:
     """Write an entry; returns the path of its JSON record.
@@ -97,14 +91,14 @@ def save(cfg: TrainConfig, model: Transformer, history: pd.DataFrame, info: dict
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stem = root / key(cfg)
-    _write(Path(f"{stem}.pt"), lambda p: torch.save(train.cpu_state(model), p))
+    atomic_write(Path(f"{stem}.pt"), lambda p: torch.save(cpu_state(model), p))
     if cfg.checkpoints:
-        _write(Path(f"{stem}.checkpoints.pt"), lambda p: torch.save(
+        atomic_write(Path(f"{stem}.checkpoints.pt"), lambda p: torch.save(
             {int(s): state for s, state in sorted(checkpoints.items())}, p))
-    _write(Path(f"{stem}.csv"), lambda p: history.to_csv(p, index=False, float_format="%.6g"))
+    atomic_write(Path(f"{stem}.csv"), lambda p: history.to_csv(p, index=False, float_format="%.6g"))
     meta = {**_record(cfg), "provenance": {**info, **code,
                                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-    _write(Path(f"{stem}.json"), lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True)))
+    atomic_write(Path(f"{stem}.json"), lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True)))
     return Path(f"{stem}.json")
 
 
@@ -187,7 +181,8 @@ def load(cfg: TrainConfig, root: Path = STORE):
 
 
 def load_checkpoints(cfg: TrainConfig, root: Path = STORE) -> dict[int, Transformer] | None:
-    """The stored models ``{step: model}`` at every step of ``cfg.checkpoints``, or ``None`` if no entry.
+    """The stored models ``{step: model}`` at every step of ``cfg.checkpoints`` the run reached
+    (a converged run stops before the later ones), or ``None`` if there is no entry.
 
     Raises
     ------
@@ -200,7 +195,7 @@ def load_checkpoints(cfg: TrainConfig, root: Path = STORE) -> dict[int, Transfor
     if entry is None:
         return None
     states = torch.load(f"{entry[0]}.checkpoints.pt", weights_only=True)
-    return {step: _model(cfg, states[step]) for step in cfg.checkpoints}
+    return {step: _model(cfg, state) for step, state in sorted(states.items())}
 
 
 def load_or_train(cfg: TrainConfig, root: Path = STORE, progress: bool = True,

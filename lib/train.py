@@ -10,12 +10,9 @@ chapter 4.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib import bp, tree
+from lib import bp, resume, schedule, tree
 from lib.config import TrainConfig
 from lib.transformer import Transformer, token_ids
 
@@ -80,55 +77,6 @@ def _batches(cfg: TrainConfig, M: np.ndarray, exclude: np.ndarray):
         order = rng.permutation(cfg.n_train)
         for i in range(0, cfg.n_train - B + 1, B):
             yield roots[order[i:i + B]], leaves[order[i:i + B]]
-
-
-def lr_factor(cfg: TrainConfig, step: int, decays: int = 0) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up to 1, then a cosine decay to
-    ``lr_final`` at ``n_steps`` (``schedule="cosine"``) or ``lr_decay ** decays`` after
-    ``decays`` plateaus (``schedule="plateau"``)."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "plateau":
-        return cfg.lr_decay ** decays
-    t = (step - cfg.warmup_steps) / max(1, cfg.n_steps - cfg.warmup_steps)
-    return cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-@dataclass
-class Plateau:
-    """The convergence criterion of ``schedule="plateau"``: counts validations without a relative
-    improvement of ``min_delta`` on the best loss; ``patience`` of them in a row make one decay,
-    and the run has converged at the plateau after ``n_decays`` decays."""
-
-    patience: int
-    min_delta: float
-    n_decays: int
-    best: float = math.inf
-    stale: int = 0
-    decays: int = 0
-
-    def update(self, loss: float) -> bool:
-        """Record one validation loss (NaN never improves); return True once converged."""
-        if loss < self.best * (1 - self.min_delta):
-            self.best, self.stale = loss, 0
-        else:
-            self.stale += 1
-        if self.stale >= self.patience:
-            self.decays, self.stale = self.decays + 1, 0
-        return self.decays > self.n_decays
-
-
-def eval_steps(cfg: TrainConfig) -> np.ndarray:
-    """Steps at which the model is evaluated: 0, ``n_evals`` log-spaced steps, every ``eval_every``,
-    the checkpoints, and the last."""
-    log = np.round(np.geomspace(1, cfg.n_steps, cfg.n_evals)).astype(int)
-    lin = np.arange(0, cfg.n_steps + 1, cfg.eval_every)
-    return np.union1d(np.union1d(log, lin), [0, cfg.n_steps, *cfg.checkpoints])
-
-
-def cpu_state(model: Transformer) -> dict:
-    """A float32 copy on the CPU of the model's state dict (detached from further training)."""
-    return {n: t.detach().float().cpu().clone() for n, t in model.state_dict().items()}
 
 
 @torch.no_grad()
@@ -269,36 +217,14 @@ def _validation_loss(model: Transformer, val) -> float:
     return _score(logp, val[0] if model.cfg.task == "root" else val[1])[0]
 
 
-def _snapshot(cfg, state: dict, model, opt, masks, plateau: Plateau) -> dict:
-    """Everything a resumed run needs to continue bit for bit (weights, Adam, RNG streams)."""
-    return {"config": dataclasses.asdict(cfg), **state, "model": cpu_state(model),
-            "opt": opt.state_dict(), "masks": masks.get_state(), "torch_rng": torch.get_rng_state(),
-            "plateau": dataclasses.asdict(plateau)}
-
-
-def _save_partial(path: Path, snapshot: dict) -> None:
-    """Write ``snapshot`` to ``path`` atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(snapshot, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
-
-
-def _resume(cfg, path: Path, model, opt, masks, plateau: Plateau) -> dict:
-    """Load a partial run into the objects given; returns its bookkeeping state."""
-    snap = torch.load(path, weights_only=False)
-    if snap["config"] != dataclasses.asdict(cfg):
-        raise ValueError(f"partial run {path} belongs to another config; delete it to restart")
-    model.load_state_dict(snap["model"])
-    opt.load_state_dict(snap["opt"])
-    masks.set_state(snap["masks"])
-    torch.set_rng_state(snap["torch_rng"])
-    for name, value in snap["plateau"].items():
-        setattr(plateau, name, value)
-    return {k: snap[k] for k in ("step", "rows", "states", "train_s", "eval_s")}
-
-
-#: Wall seconds between two saves of a partial run (``train(partial=...)``).
-SAVE_EVERY_S = 60.0
+def _log(cfg: TrainConfig, model, tests, refs, state: dict, step: int, final: bool,
+         extra: dict) -> dict:
+    """Append the evaluation rows of ``step`` (whole test sets if ``final``, else the monitor
+    sets) and ``extra`` columns to ``state["rows"]``; return the row of ``k_test = k_train``."""
+    for row in evaluate(model, tests, cfg.n_test if final else cfg.n_monitor, refs):
+        state["rows"].append({"step": step, "seqs": step * cfg.batch_size,
+                              "wall_s": state["train_s"], **row, **extra})
+    return state["rows"][-cfg.depth - 1 + cfg.k_train]
 
 
 def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
@@ -314,8 +240,8 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     device : str, optional
         Torch device; CUDA when available, else CPU.
     partial : path, optional
-        File of a partial run: resumed from if it exists, rewritten every :data:`SAVE_EVERY_S`
-        seconds, deleted at the end. A resumed run is bit-identical to an uninterrupted one.
+        File of a partial run (`lib.resume`): resumed from if it exists, rewritten every
+        ``resume.SAVE_EVERY_S`` seconds, deleted at the end. A resumed run is bit-identical to an uninterrupted one.
     stop_at : int, optional
         Stop before training step ``stop_at`` (after saving ``partial``) and return ``None``.
     report : callable, optional
@@ -346,47 +272,46 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     model = Transformer(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     masks = torch.Generator().manual_seed(cfg.mask_seed)
-    plateau = Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
+    plateau = schedule.Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
     state = {"step": 0, "rows": [], "states": {}, "train_s": 0.0, "eval_s": 0.0}
     partial = Path(partial) if partial else None
     if partial and partial.exists():
-        state = _resume(cfg, partial, model, opt, masks, plateau)
-    batches, evals = _batches(cfg, M, exclude), set(eval_steps(cfg).tolist())
+        state = resume.resume(cfg, partial, model, opt, masks, plateau)
+    batches, evals = _batches(cfg, M, exclude), set(schedule.eval_steps(cfg).tolist())
     for _ in range(state["step"]):                     # the data stream is a pure function of the step
         next(batches)
     bar = tqdm(total=cfg.n_steps, initial=state["step"], disable=not progress,
                desc=f"{cfg.task} k={cfg.k_train}")
     saved, converged = time.perf_counter(), False
     for step in itertools.count(state["step"]):
-        if partial and step > 0 and (step == stop_at or time.perf_counter() - saved > SAVE_EVERY_S):
-            _save_partial(partial, _snapshot(cfg, {**state, "step": step}, model, opt, masks, plateau))
+        if partial and step > 0 and (step == stop_at
+                                     or time.perf_counter() - saved > resume.SAVE_EVERY_S):
+            snap = resume.snapshot(cfg, {**state, "step": step}, model, opt, masks, plateau)
+            resume.save(partial, snap)
             saved = time.perf_counter()
         if step == stop_at:
             return None
-        t0, row = time.perf_counter(), {}
+        t0, extra = time.perf_counter(), {}
         if val is not None and step >= max(1, cfg.warmup_steps) and step % cfg.eval_every == 0:
-            row = {"val_loss": _validation_loss(model, val)}
-            converged = plateau.update(row["val_loss"])
+            extra["val_loss"] = _validation_loss(model, val)
+            converged = plateau.update(extra["val_loss"])
+        lr = schedule.lr_factor(cfg, step, plateau.decays)
         final = converged or step == cfg.n_steps
         if step in evals or final:
             if val is not None:
-                row = {"val_loss": math.nan, **row, "lr_factor": lr_factor(cfg, step, plateau.decays)}
-            for r in evaluate(model, tests, cfg.n_test if final else cfg.n_monitor, refs):
-                state["rows"].append({"step": step, "seqs": step * cfg.batch_size,
-                                      "wall_s": state["train_s"], **r, **row})
-            ours = state["rows"][-cfg.depth - 1 + cfg.k_train]
+                extra = {"val_loss": math.nan, **extra, "lr_factor": lr}
+            ours = _log(cfg, model, tests, refs, state, step, final, extra)
             bar.set_postfix(acc=f"{ours['accuracy']:.3f}")
             if report:
                 report({"step": step, "n_steps": cfg.n_steps, "accuracy": ours["accuracy"],
-                        "lr_factor": lr_factor(cfg, step, plateau.decays)})
+                        "lr_factor": lr})
         state["eval_s"] += time.perf_counter() - t0
         if step in cfg.checkpoints:
-            state["states"][step] = cpu_state(model)
+            state["states"][step] = resume.cpu_state(model)
         if final:
             break
         t0 = time.perf_counter()
-        _step(cfg, model, opt, next(batches), masks, cfg.lr * lr_factor(cfg, step, plateau.decays),
-              amp and device.type == "cuda")
+        _step(cfg, model, opt, next(batches), masks, cfg.lr * lr, amp and device.type == "cuda")
         state["train_s"] += time.perf_counter() - t0
         bar.update()
     bar.close()

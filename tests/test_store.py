@@ -1,4 +1,5 @@
 """Tests of lib.store: exact round trips, config-keyed reuse, and refusal of stale entries."""
+import dataclasses
 import json
 from dataclasses import replace
 
@@ -102,3 +103,49 @@ def test_every_stored_entry_reproduces_its_final_evaluation():
         row = train.evaluate(model, {cfg.k_train: (roots[:n], leaves[:n])}, n)[0]
         assert row["loss"] == pytest.approx(final.loss, rel=2e-5), record.stem
         assert row["accuracy"] == pytest.approx(final.accuracy, abs=1e-6), record.stem
+
+
+def test_a_dirty_tree_is_refused_unless_allowed(tmp_path, monkeypatch):
+    trained = train.train(TINY, progress=False)
+    dirty = {"commit": "abc", "dirty": True, "diff_sha256": "f" * 64, "lib_sha256": "0" * 64}
+    monkeypatch.setattr(store, "code_state", lambda: dirty)
+    with pytest.raises(store.DirtyTree, match="commit first"):
+        store.save(TINY, *trained, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []                       # nothing half-written
+    store.save(TINY, *trained, root=tmp_path, allow_dirty=True)
+    assert store.load(TINY, tmp_path)[2]["diff_sha256"] == "f" * 64
+    assert store.status(TINY, tmp_path).startswith("stale: written from an uncommitted tree")
+    clean = {**dirty, "dirty": False, "diff_sha256": None}
+    monkeypatch.setattr(store, "code_state", lambda: clean)
+    store.save(TINY, *trained, root=tmp_path)
+    assert store.status(TINY, tmp_path) == "ok"
+    assert not list(tmp_path.glob("*.tmp"))                     # writes go through a rename
+
+
+def test_status_and_require(tmp_path):
+    assert store.status(TINY, tmp_path) == "missing"
+    with pytest.raises(store.MissingEntry, match="regenerate_models.py --only tiny"):
+        store.require(TINY, "tiny", tmp_path)
+    store.load_or_train(TINY, tmp_path, progress=False, allow_dirty=True)
+    (tmp_path / f"{store.key(TINY)}.pt").unlink()
+    assert store.status(TINY, tmp_path) == "stale: files missing"
+    record = tmp_path / f"{store.key(TINY)}.json"
+    record.write_text(record.read_text().replace('"lr": 0.004', '"lr": 0.5'))
+    assert store.status(TINY, tmp_path) == "stale: the stored config differs"
+
+
+def test_an_early_stopped_run_stores_the_checkpoints_it_reached(tmp_path):
+    cfg = replace(TINY, n_steps=400, schedule="plateau", patience=1, n_decays=0, n_val=32,
+                  min_delta=0.5, checkpoints=(0, 6, 300))
+    model, history, info, states = train.train(cfg, progress=False)
+    assert info["converged"] and info["stop_step"] < 300 and sorted(states) == [0, 6]
+    store.save(cfg, model, history, info, states, root=tmp_path, allow_dirty=True)
+    assert sorted(store.load_checkpoints(cfg, tmp_path)) == [0, 6]
+
+
+def test_legacy_fields_leave_old_keys_unchanged():
+    assert set(store._record(TINY)["config"]) == {f.name for f in dataclasses.fields(TINY)} - set(
+        config.LEGACY_FIELDS)
+    plateau = replace(TINY, schedule="plateau")
+    assert store._record(plateau)["config"]["schedule"] == "plateau"
+    assert store.key(plateau) != store.key(TINY)

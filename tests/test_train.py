@@ -1,4 +1,6 @@
 """Tests of lib.train and lib.config: seeding, masking, disjoint test sets, evaluation against BP."""
+import dataclasses
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -6,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, train, tree
+from lib import config, schedule, train, tree
 from lib.config import TrainConfig
 from lib.transformer import ModelConfig, Transformer
 
@@ -30,7 +32,7 @@ def test_loss_falls_and_history_is_tidy(task):
                                      "kl_bp0", "kl_bp1", "kl_bp2", "kl_bp3"]
     assert (history.filter(like="kl_bp") >= 0).all().all()
     assert set(history.k_test) == {0, 1, 2, 3}
-    assert list(history.step.unique()) == list(train.eval_steps(tiny(task)))
+    assert list(history.step.unique()) == list(schedule.eval_steps(tiny(task)))
     k0 = history[history.k_test == 0].set_index("step")
     assert k0.loss.iloc[-1] < k0.loss.iloc[0] - 0.1
     assert k0.n_test.iloc[-1] == 256 and k0.n_test.iloc[0] == 128   # full test set at the end
@@ -117,10 +119,10 @@ def test_bp_reference_is_exact_on_the_full_model():
 
 def test_lr_schedule_and_eval_steps():
     cfg = tiny(n_steps=100, warmup_steps=10, lr_final=0.05)
-    assert train.lr_factor(cfg, 0) == pytest.approx(0.1)
-    assert train.lr_factor(cfg, 10) == pytest.approx(1.0)
-    assert train.lr_factor(cfg, 100) == pytest.approx(0.05)
-    steps = train.eval_steps(cfg)
+    assert schedule.lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert schedule.lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert schedule.lr_factor(cfg, 100) == pytest.approx(0.05)
+    steps = schedule.eval_steps(cfg)
     assert steps[0] == 0 and steps[-1] == 100 and (np.diff(steps) > 0).all()
 
 
@@ -170,3 +172,75 @@ def test_profiles():
     for k in range(5):
         assert laptop_runs[f"mlm_k{k}_long"].n_steps == 4 * laptop_runs[f"mlm_k{k}"].n_steps
         assert paper_runs[f"mlm_k{k}_long"] == paper_runs[f"mlm_k{k}"]
+
+
+def test_plateau_run_converges_before_its_cap_and_records_validation():
+    cfg = tiny(n_steps=2000, schedule="plateau", eval_every=10, patience=2, n_decays=1,
+               n_val=64, min_delta=0.01)
+    _, history, info, _ = train.train(cfg, progress=False)
+    assert info["converged"] and info["stop_step"] < cfg.n_steps
+    assert history.step.max() == info["stop_step"]
+    final = history[history.step == info["stop_step"]]
+    assert (final.n_test == cfg.n_test).all()                    # whole test sets at the stop
+    assert final.lr_factor.iloc[0] == cfg.lr_decay ** (cfg.n_decays + 1)
+    assert history.val_loss.notna().any()
+
+
+@pytest.mark.parametrize("task, fields", [("root", {}), ("mlm", {"schedule": "plateau", "n_val": 32})])
+def test_an_interrupted_run_resumes_bit_for_bit(task, fields, tmp_path):
+    cfg = tiny(task, n_steps=40, checkpoints=(0, 10, 30), **fields)
+    model, history, info, states = train.train(cfg, progress=False)
+    partial = tmp_path / "run.pt"
+    assert train.train(cfg, progress=False, partial=partial, stop_at=17) is None
+    assert partial.exists()
+    model2, history2, info2, states2 = train.train(cfg, progress=False, partial=partial)
+    assert not partial.exists()                                   # removed once the run is done
+    pd.testing.assert_frame_equal(history.drop(columns="wall_s"), history2.drop(columns="wall_s"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, model2.state_dict()[name])
+    assert sorted(states2) == [0, 10, 30] and torch.equal(states[10]["embed.weight"],
+                                                        states2[10]["embed.weight"])
+    train.train(cfg, progress=False, partial=partial, stop_at=5)
+    with pytest.raises(ValueError, match="another config"):
+        train.train(replace(cfg, lr=0.5), progress=False, partial=partial)
+
+
+def test_plateau_criterion():
+    p = schedule.Plateau(patience=2, min_delta=0.1, n_decays=1)
+    assert [p.update(x) for x in (1.0, 0.95, float("nan"))] == [False, False, False]
+    assert (p.best, p.decays) == (1.0, 1)                   # 0.95 is not 10 % better; NaN never is
+    assert p.update(0.5) is False and p.stale == 0
+    assert [p.update(x) for x in (0.5, 0.5)] == [False, True]     # second plateau: converged
+    cfg = tiny(schedule="plateau", warmup_steps=5, lr_decay=0.5)
+    assert schedule.lr_factor(cfg, 0, 3) == pytest.approx(0.2)   # warm-up ignores decays
+    assert schedule.lr_factor(cfg, 50, 3) == 0.125
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"schedule": "linear"}, "schedule must be one of"),
+    ({"patience": 0}, "patience"),
+    ({"lr_decay": 1.0}, "lr_decay must be in"),
+    ({"n_decays": -1}, "n_decays"),
+    ({"min_delta": 1.5}, "min_delta must be in"),
+    ({"n_val": 0}, "n_val"),
+])
+def test_bad_convergence_settings_raise(fields, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**fields)
+
+
+def test_chapter4_runs_replicas_differ_only_in_their_seeds():
+    for profile in ("laptop", "paper"):
+        runs = config.chapter4_runs(profile)
+        assert len(runs) == 2 * 5 * 3
+        for name, cfg in runs.items():
+            base = runs[name.split("_s")[0]]
+            assert cfg.schedule == "plateau"
+            if name != name.split("_s")[0]:
+                seed = int(name.split("_s")[1])
+                assert (cfg.init_seed, cfg.data_seed) == (seed, seed)
+                assert cfg == replace(base, init_seed=seed, data_seed=seed, checkpoints=cfg.checkpoints)
+        assert runs["mlm_k0"].checkpoints == config.power_checkpoints(runs["mlm_k0"].n_steps)
+    assert config.power_checkpoints(300) == (0, 32, 64, 128, 256)
+    cfg = config.chapter4_runs("laptop")["root_k3_s2"]
+    assert config.from_record(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg

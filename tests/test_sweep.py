@@ -1,0 +1,67 @@
+"""Tests of lib.sweep and scripts/regenerate_models.py on the tiny sweep (seconds per run)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib import config, store, sweep
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clean(monkeypatch):
+    """Save as if from a clean tree (tests run in working copies that may be edited)."""
+    state = {"commit": "0" * 40, "dirty": False, "diff_sha256": None, "lib_sha256": "1" * 64}
+    monkeypatch.setattr(store, "code_state", lambda: state)
+
+
+@pytest.mark.parametrize("executor", ["inline", "debug"])
+def test_a_sweep_trains_what_is_missing_then_nothing(executor, tmp_path, clean):
+    runs = config.tiny_runs()
+    assert set(sweep.check(runs, tmp_path).values()) == {"missing"}
+    done, failed = sweep.run(runs, executor, root=tmp_path, progress=False)
+    assert failed == {} and sorted(job["name"] for job in done) == sorted(runs)
+    assert set(sweep.check(runs, tmp_path).values()) == {"ok"}
+    assert sweep.run(runs, executor, root=tmp_path, progress=False) == ([], {})
+    for name, cfg in runs.items():                # the sweep's entry is the run train() gives
+        _, history, info = store.require(cfg, name, tmp_path)
+        job = next(j for j in done if j["name"] == name)
+        assert job["stop_step"] == info["stop_step"] == history.step.max()
+
+
+def test_a_failing_run_is_reported_and_the_others_still_run(tmp_path, clean, monkeypatch):
+    runs = config.tiny_runs()
+    real = sweep.train.train
+
+    def flaky(cfg, **kw):
+        if cfg.task == "root":
+            raise RuntimeError("out of memory")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(sweep.train, "train", flaky)
+    done, failed = sweep.run(runs, "inline", root=tmp_path, progress=False)
+    assert failed == {"tiny_root": "RuntimeError: out of memory"}
+    assert [j["name"] for j in done] == ["tiny_mlm"]
+
+
+def test_bad_sweep_arguments_raise(tmp_path):
+    with pytest.raises(ValueError, match="executor must be one of"):
+        sweep.run(config.tiny_runs(), "cluster", root=tmp_path)
+    with pytest.raises(ValueError, match="jobs must be in"):
+        sweep.run(config.tiny_runs(), "local", jobs=0, root=tmp_path)
+
+
+def test_check_lists_missing_runs_and_exits_nonzero(tmp_path):
+    cmd = [sys.executable, "scripts/regenerate_models.py", "--sweep", "tiny", "--check",
+           "--root", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "tiny_root" in out.stdout and "missing" in out.stdout
+    assert list(tmp_path.iterdir()) == []                       # --check writes nothing
+    help_text = subprocess.run([sys.executable, "scripts/regenerate_models.py", "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60).stdout
+    assert "--check" in help_text and "--executor" in help_text
