@@ -4,9 +4,14 @@ A model maps ids (B, L) in ``0..q`` (colours ``0..q-1``, the id ``q`` a masked s
 (B, L, q). Here are the exact single-token MLM loss (every site masked in turn), its evaluation,
 an Adam loop with one random masked site per sequence and early stopping, and the baseline that
 chapter 6 compares with factored attention (`lib.factored_attention`): chapter 4's vanilla
-encoder. Introduced in chapter 6.
+encoder, whose costly runs `stored_runs` keeps on disk with their configuration. Introduced in
+chapter 6.
 """
 from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -151,3 +156,38 @@ def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_siz
     model.load_state_dict(best[1])
     return history
 
+
+def stored_runs(path, record: dict, compute) -> dict:
+    """Results of costly runs, read from a JSON file when its configuration matches.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The JSON file (chapter 6: ``data/potts/vanilla_<profile>.json``).
+    record : dict
+        Everything that determines the results (JSON-serialisable); compared with the record
+        stored in the file after a JSON round trip.
+    compute : callable
+        ``compute() -> list`` of JSON-serialisable result rows, run when the file is missing or
+        its record differs; the file is then rewritten.
+
+    Returns
+    -------
+    dict
+        ``record``, ``results`` and ``provenance`` (`lib.provenance.environment` of the machine
+        that computed them, ``wall_seconds`` and ``created``). Delete the file to recompute.
+    """
+    from lib import provenance
+
+    path, record = Path(path), json.loads(json.dumps(record))
+    stored = json.loads(path.read_text()) if path.exists() else None
+    if stored is None or stored["record"] != record:
+        start = time.time()
+        results = compute()
+        stored = {"record": record, "results": results,
+                  "provenance": {**provenance.environment(),
+                                 "wall_seconds": round(time.time() - start),
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stored, indent=1))
+    return stored

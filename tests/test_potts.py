@@ -366,3 +366,19 @@ def test_vanilla_baseline_is_seeded_and_masked_logits_never_leak():
     t[:, 2] = (t[:, 2] + 1) % Q                                         # change only the masked target
     torch.testing.assert_close(potts_mlm.masked_logits(a, t, Q)[:, 2], logits[:, 2], rtol=0, atol=0)
     assert not torch.allclose(potts_mlm.masked_logits(a, t, Q)[:, 0], logits[:, 0])   # other sites see it
+
+
+def test_stored_runs_compute_once_and_again_when_the_record_changes(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [{"run": len(calls)}]
+
+    path = tmp_path / "sub" / "runs.json"
+    first = potts_mlm.stored_runs(path, {"steps": 10, "M": (1, 2)}, compute)
+    again = potts_mlm.stored_runs(path, {"steps": 10, "M": (1, 2)}, compute)   # tuple == list
+    assert len(calls) == 1 and again == first and first["results"] == [{"run": 1}]
+    assert {"created", "wall_seconds", "commit"} <= set(first["provenance"])
+    changed = potts_mlm.stored_runs(path, {"steps": 11, "M": (1, 2)}, compute)
+    assert len(calls) == 2 and changed["results"] == [{"run": 2}]
