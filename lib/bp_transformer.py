@@ -1,14 +1,13 @@
 """Belief Propagation built into an encoder by hand: exact root posteriors, no training.
 
-The book's own construction (chapter 5, "BP built into an encoder by hand"); the paper's is not
-available. It needs an unambiguous grammar: every child pair ``(b, c)`` has exactly one parent
-``par(b, c)`` (``tree.random_grammar`` draws such grammars). Then clean leaves fix every node of
-a block, and a clean block's inside message is a one-hot *parse*. One masked leaf makes only the
-blocks on its path uncertain, and each of those is a mixture of ``q`` hypotheses: were the masked
-leaf ``s``, the block's top would be ``path_s``, reached with log-weight ``w_s``, the sum of
-``log M[par(b, c), b, c]`` over the rules on the path. BP's message there is
-``nu(a) ∝ sum_s [path_s = a] exp(w_s)``: one-hots and log-weights, never a product of two soft
-messages. Residual stream of every token (width ``d = depth + 3q + q**2``):
+The book's construction (chapter 5, "BP built into an encoder by hand"). It needs an unambiguous
+grammar: every child pair ``(b, c)`` has one parent ``par(b, c)`` (as ``tree.random_grammar``'s).
+Clean leaves then fix every node, so a clean block's inside message is a one-hot *parse*. With one
+masked leaf the blocks on its path hold ``q`` hypotheses: were the leaf ``s``, the block's top
+would be ``path_s``, with log-weight ``w_s`` = the sum of ``log M[par(b, c), b, c]`` over the
+rules on the path, and BP's message is ``nu(a) ∝ sum_s [path_s = a] exp(w_s)``. Residual stream
+of every token (width ``d = depth + 3q + q**2``; the paper's is ``q(q + 2) + depth``, 28 against
+our 32 for q = depth = 4: our q log-weights have channels of their own):
 
 - ``sigma`` (depth): the position's bits as +-1 (replaces the sinusoidal encoding);
 - ``A`` (q): the parse of the token's current block, 0 if the block holds the mask;
@@ -16,28 +15,23 @@ messages. Residual stream of every token (width ``d = depth + 3q + q**2``):
 - ``H`` (q x q): ``H[s, a] = [path_s = a]`` in the masked block, 0 elsewhere;
 - ``w`` (q): the hypotheses' log-weights, 0 outside the masked block.
 
-Layer ``t`` joins sibling blocks of size ``2**(t-1)``. Its one attention head averages the
-sibling block: the logit, ``BETA`` times the agreement of the position bits above the block's
-bit minus the agreement at that bit, is at least ``2 BETA`` lower on every other key, and
-``exp(-2 BETA)`` is 0 in float64 (hard attention as the limit of large logits). All tokens of a
-block hold the same state, so the average is a copy: ``A -> B``, ``H -> H``, ``w -> w`` (at most
-one of the two blocks holds the mask, so nothing collides). Each ReLU unit of the feed-forward
-block is the AND of 0/1 inputs, ``relu(x + y + g - 2)``: a child pair (b, c) and the token's
-side g. It writes the parent's parse, or moves hypothesis s to ``par(b, c)`` and adds the
-rule's log-weight to ``w_s``. Every unit is exactly 0 or 1; the only rounding is in adding
-log-weights. The width is ``q**2 + 3q + depth`` (32 for q = 4, depth 4) against the paper's
-``q(q + 2) + l`` (28): the q log-weights have channels of their own.
+Layer ``t`` joins sibling blocks of size ``2**(t-1)``. Its one head averages the sibling block:
+the logit (``BETA`` times the agreement of the position bits above the block's bit, minus that at
+the bit) is ``2 BETA`` lower on every other key, and ``exp(-2 BETA)`` is 0 in float64 (hard
+attention as the limit of large logits). A block's tokens share one state, so the average copies
+it: ``A -> B``, ``H -> H``, ``w -> w`` (only one sibling can hold the mask). Each ReLU unit is an
+AND of 0/1 inputs, ``relu(x + y + g - 2)`` for a child pair (b, c) and the token's side g; it
+writes the parent's parse, or moves hypothesis s to ``par(b, c)`` and adds the rule's log-weight
+to ``w_s``. Units are exactly 0 or 1; only the log-weight additions round.
 
-Filtering level ``k``: after ``depth - k`` layers each token holds its level-k node ``j``. For
-``k >= 1`` one more feed-forward (attention switched off) gates the parse ``x`` (or ``path_s``)
-by the k position bits of ``j`` and writes ``log T[j, a, x]`` into the ``H`` channels. The
-readout sums the tokens (flatten-then-linear with one weight block for every position) into
-joint logits ``Z[s, a]`` of (masked leaf, root); ``log p(root)`` is the marginal over ``s`` of
-``softmax(Z)``, and the masked leaf's posterior the marginal over ``a``. Departures from
-`lib.transformer`: no LayerNorm and no dropout, +-1 position bits, hard attention, a readout of
-``q**2`` joint classes marginalised after the softmax, and zero log-probabilities floored at
-``-gap`` (their probability underflows to 0). Layers: ``depth`` for ``k = 0``, ``depth - k + 1``
-for ``k >= 1``.
+For ``k >= 1``, after ``depth - k`` layers one more feed-forward (attention off) ANDs the parse
+``x`` (or ``path_s``) with the k position bits of the token's level-k node ``j`` and writes
+``log T[j, a, x]`` into ``H``. The readout sums the tokens (flatten-then-linear, the same weights
+at every position) into joint logits ``Z[s, a]`` of (masked leaf, root): ``log p(root)`` is the
+marginal over ``s`` of ``softmax(Z)``, the masked leaf's posterior the marginal over ``a``.
+Departures from `lib.transformer`: no LayerNorm or dropout, +-1 position bits, hard attention,
+``q**2`` joint classes marginalised after the softmax, zero probabilities as logits ``-gap``
+(``exp`` underflows to 0). Layers: ``depth`` for ``k = 0``, ``depth - k + 1`` for ``k >= 1``.
 """
 from __future__ import annotations
 
@@ -77,14 +71,11 @@ class _Units:
         self.d, self.w1, self.b1, self.w2 = d, [], [], []
 
     def add(self, inputs, bias, outputs):
-        w1, w2 = np.zeros(self.d), np.zeros(self.d)
-        for i, c in inputs:
-            w1[i] += c
-        for i, c in outputs:
-            w2[i] += c
-        self.w1.append(w1)
+        for rows, pairs in ((self.w1, inputs), (self.w2, outputs)):   # (channel, coefficient)
+            rows.append(np.zeros(self.d))
+            for i, c in pairs:
+                rows[-1][i] += c
         self.b1.append(bias)
-        self.w2.append(w2)
 
     def load(self, layer: "BPEncoderLayer"):
         with torch.no_grad():
@@ -135,9 +126,19 @@ class BPTransformer(nn.Module):
             raise ValueError(f"x must hold ids in 0..{self.q} ({self.q} = masked leaf)")
         masks = (x == self.q).sum(1)
         if masks.min() < n_masked[0] or masks.max() > n_masked[1]:
-            raise ValueError(f"x: the construction is exact for {n_masked[0]}..{n_masked[1]} "
-                             f"masked leaves per sequence, got up to {int(masks.max())}")
+            raise ValueError(f"x must have {n_masked[0]}..{n_masked[1]} masked leaves per "
+                             f"sequence (exact for at most one), got up to {int(masks.max())}")
         return x
+
+    def error_bound(self) -> float:
+        """Bound on max |p - p_BP| from float64 rounding (derived in tests/test_bp_transformer.py).
+
+        Unit inputs are exact; a logit sums at most ``2 L + d`` real terms no larger than ``gap``,
+        the log-softmax and marginal triple its error, ``|dp| <= 2 |d log p|``; slack 8, plus
+        ``1e-14`` for BP's own rounding.
+        """
+        eps = np.finfo(np.float64).eps
+        return 48 * (2 * 2**self.depth + self.d_model) * eps * self.gap + 1e-14
 
     def joint_logits(self, x: torch.Tensor, return_attention: bool = False):
         """Joint logits ``Z[s, a]`` (n, q, q) of (masked leaf = s, root = a), unchecked.
@@ -153,9 +154,10 @@ class BPTransformer(nn.Module):
         Z = self.readout(h.sum(1)).view(-1, self.q, self.q)           # (n, q, q)
         return (Z, patterns) if return_attention else Z
 
-    def forward(self, x) -> torch.Tensor:
-        """Root log-probabilities (n, q) for leaves ``x`` (n, 2**depth) with at most one mask."""
-        Z = self.joint_logits(self.check(x))
+    def forward(self, x, max_masked: int = 1) -> torch.Tensor:
+        """Root log-probabilities (n, q) for leaves ``x`` (n, 2**depth); exact for at most one
+        mask per row, refused beyond ``max_masked``."""
+        Z = self.joint_logits(self.check(x, (0, max_masked)))
         return Z.flatten(1).log_softmax(-1).view_as(Z).logsumexp(1)
 
     def leaf_log_posterior(self, x) -> torch.Tensor:
@@ -294,13 +296,11 @@ def _load_inputs_and_readout(model: BPTransformer, lay: Layout, gap: float):
     pe = np.zeros((2**depth, lay.d))
     pe[:, lay.sigma] = 2.0 * ((pos[:, None] >> lay.sigma) & 1) - 1.0
     R = np.zeros((q * q, lay.d))                        # row s * q + a
-    for s in range(q):
-        for a in range(q):
-            R[s * q + a, lay.w[s]] = 1.0
-            if k == 0:                                  # root parse, or path_s = a
-                R[s * q + a, [lay.H[s, a], lay.A[a]]] = gap
-            else:                                       # the summed log T[j, a, x_j]
-                R[s * q + a, lay.H[s, a]] = 1.0
+    row, (s, a) = np.arange(q * q), np.divmod(np.arange(q * q), q)
+    R[row, lay.w[s]] = 1.0
+    R[row, lay.H[s, a]] = gap if k == 0 else 1.0        # root's path_s, or summed log T
+    if k == 0:
+        R[row, lay.A[a]] = gap                          # the root's parse
     with torch.no_grad():
         model.embed.weight.copy_(torch.tensor(E))
         model.pe.copy_(torch.tensor(pe))

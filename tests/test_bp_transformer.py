@@ -28,7 +28,9 @@ SETTINGS = {                                       # name: (q, depth, sigma, gra
 def error_bound(model) -> float:
     """The bound of this module's docstring on max |p_model - p_BP| (float64)."""
     L, eps = 2**model.depth, np.finfo(np.float64).eps
-    return 8 * 2 * 3 * (2 * L + model.d_model) * eps * model.gap + 1e-14
+    bound = 8 * 2 * 3 * (2 * L + model.d_model) * eps * model.gap + 1e-14
+    assert bound == model.error_bound()          # the module states the same bound
+    return bound
 
 
 def one_mask(leaves, q):
@@ -151,7 +153,8 @@ def test_bad_inputs_raise():
         model(np.zeros((2, 8), dtype=int))
     with pytest.raises(ValueError, match=r"x must hold ids in 0\.\.4"):
         model(clean + 5)
-    with pytest.raises(ValueError, match=r"exact for 0\.\.1 masked leaves"):
+    with pytest.raises(ValueError, match=r"x must have 0\.\.1 masked leaves per sequence"):
         model(two)
-    with pytest.raises(ValueError, match=r"exact for 1\.\.1 masked leaves"):
+    assert model(two, max_masked=2).shape == (2, 4)      # accepted on request, not exact
+    with pytest.raises(ValueError, match=r"x must have 1\.\.1 masked leaves per sequence"):
         model.leaf_log_posterior(clean)
