@@ -5,7 +5,9 @@ Run with one BLAS thread (``make benchmark`` sets it):
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bp_throughput.py
 
 Prints a table (sequences per second, best of several repeats) and writes it with provenance to
-``data/bp_throughput.csv`` and ``data/bp_throughput.json``; chapter 3 shows that file. The
+``data/bp_throughput.csv`` and ``data/bp_throughput.json``; chapter 3 shows that file. A second
+table, ``data/bp_scaling.csv``, times root and all-leaf posteriors over q in {4, 8, 16} and depth
+in {4, 6, 8, 10} next to the operation count (``--no-scaling`` skips it). The
 baseline is a straightforward per-sequence BP with Python loops over the alphabet, written the way
 the authors' reference implementation is (one sequence at a time, both sweeps); the script also
 checks that it agrees with ``lib.bp`` on the sequences it timed.
@@ -99,11 +101,39 @@ def measure(n: int = 500_000, n_naive: int = 300, repeats: int = 3) -> pd.DataFr
     return table.drop(columns="baseline_seq_per_s")
 
 
+def flops(q: int, depth: int, task: str) -> float:
+    """Multiply-adds (x2) per sequence of one sweep: each of the ``2**depth - 1`` internal nodes
+    contracts a (q, q*q) table with a q*q outer product; the outside sweep does it twice per node."""
+    sweeps = 1 if task == "root posterior" else 3
+    return 2.0 * sweeps * (2**depth - 1) * q**3
+
+
+def measure_scaling(qs=(4, 8, 16), depths=(4, 6, 8, 10), budget: float = 2e9,
+                    repeats: int = 2) -> pd.DataFrame:
+    """Throughput of ``lib.bp`` (k = 0) against q and depth, with the achieved GFLOP/s.
+
+    Each cell processes about ``budget`` flops (at least 256 sequences)."""
+    rows = []
+    for q in qs:
+        M = tree.random_grammar(q, 1.0, 0)
+        for depth in depths:
+            n = int(np.clip(budget / flops(q, depth, "all-leaf posteriors"), 256, 200_000))
+            _, leaves = tree.sample(M, depth, n, seed=depth)
+            for task, fn in (("root posterior", bp.root_posterior),
+                             ("all-leaf posteriors", bp.leaf_posterior)):
+                rate = best_rate(lambda: fn(M, leaves, 0), n, repeats)
+                rows.append({"q": q, "depth": depth, "task": task, "n": n, "seq_per_s": rate,
+                             "flop_per_seq": flops(q, depth, task),
+                             "GFLOP_per_s": rate * flops(q, depth, task) / 1e9})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=500_000, help="sequences per batched measurement")
     parser.add_argument("--n-naive", type=int, default=300, help="sequences for the plain Python baseline")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write data/")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the q x depth table")
     args = parser.parse_args()
     table = measure(args.n, args.n_naive)
     shown = table.assign(seq_per_s=table["seq_per_s"].map("{:,.0f}".format),
@@ -115,6 +145,14 @@ def main() -> None:
                                            "n_naive": args.n_naive, "threads": "1 (OMP/OPENBLAS_NUM_THREADS=1)",
                                            "command": "make benchmark"}
         (DATA / "bp_throughput.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if args.no_scaling:
+        return
+    scaling = measure_scaling()
+    print("\nHow BP's cost grows (k = 0, one thread): sequences/s and achieved GFLOP/s")
+    print(scaling.pivot_table(index=["q", "depth"], columns="task",
+                              values=["seq_per_s", "GFLOP_per_s"]).round(2).to_string())
+    if not args.no_save:
+        scaling.to_csv(DATA / "bp_scaling.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ SCHEDULES = ("cosine", "plateau")
 #: Field values that a run's identity (`lib.store.key`) leaves out: the values every run had
 #: before the field existed, so that older entries keep their keys. Frozen: never edit a value.
 LEGACY_FIELDS = {"checkpoints": (), "schedule": "cosine", "patience": 4, "lr_decay": 0.5,
-                 "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2}
+                 "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2, "val_every": 500}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class TrainConfig:
         ``"cosine"``: warm-up then cosine decay over exactly ``n_steps`` (a fixed budget).
         ``"plateau"``: warm-up then a constant rate, multiplied by ``lr_decay`` whenever the
         validation loss has not improved by a relative ``min_delta`` for ``patience``
-        consecutive validations (every ``eval_every`` steps); the run has converged, and stops,
+        consecutive validations (every ``val_every`` steps); the run has converged, and stops,
         at the plateau after the ``n_decays``-th decay, or at the cap ``n_steps``.
     n_val, val_seed : int
         Held-out validation sequences at level ``k_train`` (``"plateau"`` only; never trained
@@ -99,6 +99,7 @@ class TrainConfig:
     min_delta: float = 1e-3
     n_val: int = 2048
     val_seed: int = 2
+    val_every: int = 500
 
     def __post_init__(self):
         check_int("depth", self.depth, 1)
@@ -136,6 +137,7 @@ class TrainConfig:
             raise ValueError(f"min_delta must be in [0, 1), got {self.min_delta}")
         check_int("n_val", self.n_val, 1)
         check_int("val_seed", self.val_seed, 0)
+        check_int("val_every", self.val_every, 1)
 
     @property
     def task(self) -> str:
@@ -190,11 +192,13 @@ def power_checkpoints(n_steps: int, first: int = 32) -> tuple[int, ...]:
 
 
 #: The convergence recipe of chapter 4's runs (laptop): a plateau schedule whose step cap is
-#: rarely reached; validation every ``eval_every`` steps on ``n_val`` held-out sequences.
-CONVERGED = {"root": dict(schedule="plateau", n_steps=12_000, eval_every=250, n_val=4096,
-                          n_evals=30),
-             "mlm": dict(schedule="plateau", n_steps=30_000, eval_every=500, n_val=1024,
-                         n_monitor=512, n_evals=30)}
+#: rarely reached; validation every ``val_every`` steps on ``n_val`` held-out sequences; every
+#: test level monitored at ``n_evals`` log-spaced steps and every ``eval_every`` steps (a masked-
+#: token evaluation costs one forward pass per position: about 130 training steps at 512).
+CONVERGED = {"root": dict(schedule="plateau", n_steps=12_000, val_every=250, n_val=4096,
+                          eval_every=1000, n_evals=20),
+             "mlm": dict(schedule="plateau", n_steps=30_000, val_every=500, n_val=1024,
+                         eval_every=2500, n_evals=16, n_monitor=512)}
 #: Seeds of the replicas of every headline run: ``_s{s}`` has ``init_seed = data_seed = s``.
 REPLICAS = (1, 2)
 
@@ -208,7 +212,7 @@ def converged_config(task: str, profile: str, k_train: int = 0, seed: int = 0) -
         cfg = replace(cfg, **CONVERGED[task])
     else:
         epoch = cfg.n_train // cfg.batch_size
-        cfg = replace(cfg, schedule="plateau", eval_every=epoch, n_val=4096)
+        cfg = replace(cfg, schedule="plateau", val_every=epoch, n_val=4096)
     return replace(cfg, init_seed=seed, data_seed=seed)
 
 
@@ -275,6 +279,7 @@ def tiny_runs(profile: str = "laptop") -> dict[str, TrainConfig]:
         runs[f"tiny_{task}"] = TrainConfig(
             model=model, q=3, depth=3, n_steps=400, batch_size=32, warmup_steps=4, n_test=64,
             n_monitor=32, n_evals=4, eval_every=20, schedule=schedule, patience=2, n_decays=1,
+            val_every=20,
             n_val=64, min_delta=0.01, checkpoints=(0, 20))
     return runs
 

@@ -36,13 +36,33 @@ def _progress_path(cfg: TrainConfig, root: Path) -> Path:
     return store.partial_path(cfg, root).with_suffix(".progress.json")
 
 
+def _lock(path: Path) -> None:
+    """Take the lock file ``path`` for this process; a lock left by a dead process is taken over.
+
+    Raises
+    ------
+    RuntimeError
+        If a live process holds it (the same run trained twice at once would share a partial file).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)                               # raises if no such process
+        if pid != os.getpid():
+            raise RuntimeError(f"{path.stem} is being trained by process {pid}")
+    except (OSError, ValueError):
+        pass                                          # no lock, or its holder is gone
+    path.write_text(str(os.getpid()))
+
+
 def run_job(name: str, cfg: TrainConfig, root: Path = store.STORE, threads: int = 1,
             amp: bool = False, allow_dirty: bool = False) -> dict:
     """Train run ``name`` (resuming its partial state if any), save it in the store at ``root``
     and return a summary: name, key, train_s, stop_step, converged, accuracy (on k_train)."""
     torch.set_num_threads(threads)
     root, progress = Path(root), _progress_path(cfg, Path(root))
-    progress.parent.mkdir(parents=True, exist_ok=True)
+    lock = progress.with_suffix("").with_suffix(".lock")
+    _lock(lock)
 
     def report(now: dict) -> None:
         progress.write_text(json.dumps(now))
@@ -51,6 +71,7 @@ def run_job(name: str, cfg: TrainConfig, root: Path = store.STORE, threads: int 
         cfg, progress=False, partial=store.partial_path(cfg, root), report=report, amp=amp)
     store.save(cfg, model, history, info, checkpoints, root=root, allow_dirty=allow_dirty)
     progress.unlink(missing_ok=True)
+    lock.unlink(missing_ok=True)
     final = history[history.step == info["stop_step"]].set_index("k_test").accuracy
     return {"name": name, "key": store.key(cfg), "train_s": round(info["train_s"], 1),
             "stop_step": info["stop_step"], "converged": info["converged"],
@@ -114,15 +135,7 @@ def run(runs: dict[str, TrainConfig], executor: str = "local", jobs: int = 2,
     bar = tqdm(total=len(todo), disable=not progress, desc="runs", unit="run")
     ex = None if executor == "inline" else _executor(executor, jobs, timeout_min, slurm)
     if executor in ("inline", "debug"):
-        for name in todo:
-            bar.set_postfix_str(name)
-            try:
-                job = (run_job(name, runs[name], **kwargs) if ex is None
-                       else ex.submit(run_job, name, runs[name], **kwargs).result())
-                done.append(job)
-            except Exception as err:        # one failed run must not stop the sweep
-                failed[name] = f"{type(err).__name__}: {err}"
-            bar.update()
+        _serial(ex, todo, runs, kwargs, done, failed, bar)
         bar.close()
         return done, failed
     if executor == "slurm":                 # the scheduler caps concurrency (array parallelism)
@@ -131,8 +144,32 @@ def run(runs: dict[str, TrainConfig], executor: str = "local", jobs: int = 2,
         queue = []
     else:                                   # local: submit in waves of at most `jobs`
         jobs_of, queue = {}, list(todo)
+    try:
+        _drain(ex, executor, jobs, runs, kwargs, jobs_of, queue, done, failed, bar, root, poll_s)
+    finally:                                # interrupted: stop the jobs still running
+        for job in jobs_of.values():
+            job.cancel(check=False)
+    bar.close()
+    return done, failed
+
+
+def _serial(ex, todo, runs, kwargs, done, failed, bar) -> None:
+    """Train ``todo`` one after another, in this process (``ex`` is the debug executor or None)."""
+    for name in todo:
+        bar.set_postfix_str(name)
+        try:
+            done.append(run_job(name, runs[name], **kwargs) if ex is None
+                        else ex.submit(run_job, name, runs[name], **kwargs).result())
+        except Exception as err:            # one failed run must not stop the sweep
+            failed[name] = f"{type(err).__name__}: {err}"
+        bar.update()
+
+
+def _drain(ex, executor, jobs, runs, kwargs, jobs_of, queue, done, failed, bar, root, poll_s):
+    """Submit ``queue`` (at most ``jobs`` at once for ``local``) and collect ``jobs_of`` until
+    both are empty, updating ``done``, ``failed`` and the progress bar."""
     while queue or jobs_of:
-        while queue and len(jobs_of) < (jobs if executor == "local" else len(todo)):
+        while queue and (executor != "local" or len(jobs_of) < jobs):
             name = queue.pop(0)
             jobs_of[name] = ex.submit(run_job, name, runs[name], **kwargs)
         for name, job in list(jobs_of.items()):
@@ -145,5 +182,3 @@ def run(runs: dict[str, TrainConfig], executor: str = "local", jobs: int = 2,
                 bar.update()
         bar.set_postfix_str(_line({n: runs[n] for n in jobs_of}, root))
         time.sleep(poll_s if jobs_of else 0)
-    bar.close()
-    return done, failed

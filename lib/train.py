@@ -292,7 +292,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         if step == stop_at:
             return None
         t0, extra = time.perf_counter(), {}
-        if val is not None and step >= max(1, cfg.warmup_steps) and step % cfg.eval_every == 0:
+        if val is not None and step >= max(1, cfg.warmup_steps) and step % cfg.val_every == 0:
             extra["val_loss"] = _validation_loss(model, val)
             converged = plateau.update(extra["val_loss"])
         lr = schedule.lr_factor(cfg, step, plateau.decays)

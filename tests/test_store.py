@@ -135,7 +135,7 @@ def test_status_and_require(tmp_path):
 
 
 def test_an_early_stopped_run_stores_the_checkpoints_it_reached(tmp_path):
-    cfg = replace(TINY, n_steps=400, schedule="plateau", patience=1, n_decays=0, n_val=32,
+    cfg = replace(TINY, n_steps=400, schedule="plateau", patience=1, n_decays=0, n_val=32, val_every=6,
                   min_delta=0.5, checkpoints=(0, 6, 300))
     model, history, info, states = train.train(cfg, progress=False)
     assert info["converged"] and info["stop_step"] < 300 and sorted(states) == [0, 6]

@@ -65,3 +65,15 @@ def test_check_lists_missing_runs_and_exits_nonzero(tmp_path):
     help_text = subprocess.run([sys.executable, "scripts/regenerate_models.py", "--help"], cwd=ROOT,
                                capture_output=True, text=True, timeout=60).stdout
     assert "--check" in help_text and "--executor" in help_text
+
+
+def test_a_run_is_never_trained_twice_at_once(tmp_path, clean):
+    name, cfg = "tiny_mlm", config.tiny_runs()["tiny_mlm"]
+    lock = store.partial_path(cfg, tmp_path).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text("1")                                    # pid 1 is alive in any container
+    with pytest.raises(RuntimeError, match="being trained by process 1"):
+        sweep.run_job(name, cfg, tmp_path)
+    lock.write_text("999999999")                            # a dead holder: taken over
+    assert sweep.run_job(name, cfg, tmp_path)["name"] == name
+    assert not lock.exists()

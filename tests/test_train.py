@@ -175,7 +175,7 @@ def test_profiles():
 
 
 def test_plateau_run_converges_before_its_cap_and_records_validation():
-    cfg = tiny(n_steps=2000, schedule="plateau", eval_every=10, patience=2, n_decays=1,
+    cfg = tiny(n_steps=2000, schedule="plateau", val_every=10, patience=2, n_decays=1,
                n_val=64, min_delta=0.01)
     _, history, info, _ = train.train(cfg, progress=False)
     assert info["converged"] and info["stop_step"] < cfg.n_steps
@@ -186,7 +186,8 @@ def test_plateau_run_converges_before_its_cap_and_records_validation():
     assert history.val_loss.notna().any()
 
 
-@pytest.mark.parametrize("task, fields", [("root", {}), ("mlm", {"schedule": "plateau", "n_val": 32})])
+@pytest.mark.parametrize("task, fields", [("root", {}), ("mlm", {"schedule": "plateau", "n_val": 32,
+                                                               "val_every": 10})])
 def test_an_interrupted_run_resumes_bit_for_bit(task, fields, tmp_path):
     cfg = tiny(task, n_steps=40, checkpoints=(0, 10, 30), **fields)
     model, history, info, states = train.train(cfg, progress=False)
@@ -223,6 +224,7 @@ def test_plateau_criterion():
     ({"n_decays": -1}, "n_decays"),
     ({"min_delta": 1.5}, "min_delta must be in"),
     ({"n_val": 0}, "n_val"),
+    ({"val_every": 0}, "val_every"),
 ])
 def test_bad_convergence_settings_raise(fields, match):
     with pytest.raises(ValueError, match=match):
