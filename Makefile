@@ -24,12 +24,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # the last build (or that is unknown), it is cleared so that no page shows outputs of older code or
 # stored models.
 STAMP = _build/.last-build
+# Progress bars are for interactive use: in built pages and test runs each update would be a
+# line of output. tqdm reads TQDM_DISABLE from the environment, which the kernels inherit.
+NO_BARS = TQDM_DISABLE=1
 
 book: setup $(MATHJAX)/tex-mml-chtml.js
 	@if [ -d _build/.jupyter_cache ] && { [ ! -f $(STAMP) ] || [ -n "$$(find lib data -newer $(STAMP) -print -quit)" ]; }; then \
 	  echo "lib/ or data/ changed since the last build: clearing the execution cache"; \
 	  rm -rf _build/.jupyter_cache; fi
-	$(BIN)/jupyter-book build . --all -W -n --keep-going
+	$(NO_BARS) $(BIN)/jupyter-book build . --all -W -n --keep-going
 	touch $(STAMP)
 
 # MathJax is vendored from the npm registry into the site so that math renders offline.
@@ -44,7 +47,7 @@ notebooks: setup
 	for f in $(CHAPTERS); do $(BIN)/jupytext --quiet --to ipynb -o $(NB_DIR)/$$(basename $$f .md).ipynb $$f; done
 
 test: notebooks
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	$(NO_BARS) OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	  $(BIN)/python -m pytest -n 2 -rs --nbmake --nbmake-timeout=1800 tests $(NB_DIR)
 
 benchmark: setup

@@ -65,6 +65,8 @@ def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimi
         and at the end.
     record_every : int
         0 records only at step 0 and at the end.
+    progress : bool
+        Show a progress bar (unless ``TQDM_DISABLE=1`` is set, as in the book build).
 
     Returns
     -------
@@ -100,8 +102,10 @@ def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimi
         running.clear()
 
     log(0)
-    for step in tqdm(range(1, steps + 1), disable=not progress, desc="train", leave=False,
-                     mininterval=10.0):
+    step_range = range(1, steps + 1)
+    if progress:          # no explicit disable=False: TQDM_DISABLE=1 must still silence the bar
+        step_range = tqdm(step_range, desc="train", leave=False, mininterval=10.0)
+    for step in step_range:
         if cursor + batch_size > len(data):
             order, cursor = rng.permutation(len(data)), 0
         batch = data.batch(torch.from_numpy(order[cursor:cursor + batch_size]))
