@@ -1,4 +1,5 @@
-"""Tests of lib.potts against exact answers: enumeration, energy differences, identities."""
+"""Tests of the chapter 6 library (lib.potts, pseudolikelihood, factored_attention, potts_mlm)
+against exact answers: enumeration, energy differences, identities."""
 import numpy as np
 import pytest
 import torch

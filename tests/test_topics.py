@@ -1,4 +1,6 @@
-"""Tests of lib.topics: the LDA corpus, the paper's masking, the Bayes-optimal loss, the model."""
+"""Tests of the chapter 7 library (lib.lda, masking, one_layer, masked_lm, topic_stats):
+the LDA corpus, the paper's masking, the Bayes-optimal loss, the one-layer model and the topic
+measurements."""
 import math
 
 import numpy as np
