@@ -55,3 +55,12 @@ def tree_distance(depth: int) -> np.ndarray:
     idx = np.arange(2**depth)
     xor = idx[:, None] ^ idx[None, :]
     return np.where(xor > 0, np.floor(np.log2(np.maximum(xor, 1))).astype(int) + 1, 0)
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error (sample standard deviation / sqrt(n)) of ``n >= 2`` finite values:
+    the summary of a quantity measured once per seed."""
+    values = np.asarray(values, dtype=float).ravel()
+    if len(values) < 2 or not np.isfinite(values).all():
+        raise ValueError(f"values must hold at least two finite numbers, got {values.tolist()}")
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))

@@ -132,7 +132,8 @@ def run(runs: dict[str, TrainConfig], executor: str = "local", jobs: int = 2,
     kwargs = dict(root=root, threads=threads, amp=amp, allow_dirty=allow_dirty)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))     # BLAS threads of local jobs
     done, failed = [], {}
-    bar = tqdm(total=len(todo), disable=not progress, desc="runs", unit="run")
+    quiet = {} if progress else {"disable": True}      # TQDM_DISABLE=1 silences the bar too
+    bar = tqdm(total=len(todo), desc="runs", unit="run", **quiet)
     ex = None if executor == "inline" else _executor(executor, jobs, timeout_min, slurm)
     if executor in ("inline", "debug"):
         _serial(ex, todo, runs, kwargs, done, failed, bar)

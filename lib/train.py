@@ -280,8 +280,8 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     batches, evals = _batches(cfg, M, exclude), set(schedule.eval_steps(cfg).tolist())
     for _ in range(state["step"]):                     # the data stream is a pure function of the step
         next(batches)
-    bar = tqdm(total=cfg.n_steps, initial=state["step"], disable=not progress,
-               desc=f"{cfg.task} k={cfg.k_train}")
+    quiet = {} if progress else {"disable": True}      # TQDM_DISABLE=1 silences the bar too
+    bar = tqdm(total=cfg.n_steps, initial=state["step"], desc=f"{cfg.task} k={cfg.k_train}", **quiet)
     saved, converged = time.perf_counter(), False
     for step in itertools.count(state["step"]):
         if partial and step > 0 and (step == stop_at
