@@ -17,6 +17,7 @@ sweep CI exercises. ``--prune`` deletes entries that belong to no run of any swe
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def parse() -> argparse.Namespace:
 
 def main() -> int:
     args = parse()
+    # SIGTERM (kill, a batch system's stop) unwinds like Ctrl-C, so the runner cancels its jobs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = SWEEPS[args.sweep](args.profile)
     unknown = set(args.only or ()) - set(runs)
     if unknown:
