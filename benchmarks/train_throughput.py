@@ -77,7 +77,7 @@ def throughput(cfg, device: str, steps: int = 30, warmup: int = 5, fused: bool =
 
 def variants(args) -> list[tuple[str, dict, dict]]:
     """(name, TrainConfig fields, throughput options) of every candidate, the book's first."""
-    out = [("book (explicit attention, batch 256)", {}, {}),
+    out = [("book (explicit attention, profile batch)", {}, {}),
            ("fused attention (SDPA)", {}, {"fused": True}),
            ("batch 128", {"batch_size": 128}, {}), ("batch 512", {"batch_size": 512}, {})]
     return out + ([("torch.compile", {}, {"compile": True})] if args.compile else [])

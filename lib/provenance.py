@@ -29,16 +29,19 @@ def _git(*args: str) -> str:
 
 def code_state() -> dict:
     """The code a result comes from: ``commit`` (full SHA of HEAD, or ``"unknown"`` outside git),
-    ``dirty`` (tracked files differ from it), ``diff_sha256`` (of ``git diff HEAD``, ``None``
-    when clean) and ``lib_sha256`` (of every ``lib/*.py`` file, names and contents)."""
+    ``dirty`` (tracked files differ from it, or ``lib/`` holds untracked files), ``diff_sha256``
+    (of ``git diff HEAD`` and the untracked names, ``None`` when clean) and ``lib_sha256`` (of
+    every ``lib/*.py`` file, names and contents)."""
     lib = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(lib.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     try:
         commit, diff = _git("rev-parse", "HEAD"), _git("diff", "HEAD")
+        untracked = _git("ls-files", "--others", "--exclude-standard", "--", "lib")
     except (OSError, subprocess.CalledProcessError):
-        commit, diff = "unknown", ""
+        commit, diff, untracked = "unknown", "", ""
+    diff += "".join(f"\nuntracked {name}" for name in untracked.split())
     return {"commit": commit, "dirty": bool(diff),
             "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
             "lib_sha256": digest.hexdigest()}

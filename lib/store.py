@@ -14,7 +14,7 @@ regenerates it (`scripts/regenerate_models.py`, which trains through `lib.sweep`
 used only when its stored config equals the requested one exactly. :func:`status` also calls an
 entry stale when its record names no clean commit. Bump :data:`FORMAT` whenever a change to
 `lib.train` or `lib.transformer` changes what a config produces (the golden test in
-``tests/test_store.py`` fails until then): every old entry then stops matching. Introduced in
+``tests/test_golden.py`` fails until then): every old entry then stops matching. Introduced in
 chapter 4.
 """
 from __future__ import annotations
@@ -67,12 +67,15 @@ class MissingEntry(LookupError):
 
 
 def save(cfg: TrainConfig, model: Transformer, history: pd.DataFrame, info: dict,
-         checkpoints: dict | None = None, root: Path = STORE, allow_dirty: bool = False) -> Path:
+         checkpoints: dict | None = None, root: Path = STORE, allow_dirty: bool = False,
+         code: dict | None = None) -> Path:
     """Write an entry; returns the path of its JSON record.
 
     ``checkpoints`` (``{step: state dict}``) holds the steps of ``cfg.checkpoints`` the run
-    reached. Every file is written atomically and the JSON record last, so an interrupted save
-    leaves no entry. The record names the commit and a hash of the library code.
+    reached. The old record of the entry (a re-save) is removed first, every file is written
+    atomically and the new record last, so an interrupted save leaves no entry. The record
+    names the commit and a hash of the library code: ``code``, the `code_state` read when the
+    run started, if given (the save then refuses if the code changed since).
 
     Raises
     ------
@@ -84,13 +87,18 @@ def save(cfg: TrainConfig, model: Transformer, history: pd.DataFrame, info: dict
     if set(checkpoints or {}) != {s for s in cfg.checkpoints if s <= stop}:
         raise ValueError(f"checkpoints must hold exactly the steps of {cfg.checkpoints} up to the "
                          f"last step {stop}, got {sorted(checkpoints or {})}")
-    code = code_state()
+    now = code_state()
+    if code is not None and code != now:
+        raise DirtyTree(f"the code changed while the run trained ({code['commit']} -> "
+                        f"{now['commit']}): retrain it")
+    code = now
     if code["dirty"] and not allow_dirty:
         raise DirtyTree("the working tree differs from its commit: commit first (or pass "
                         "allow_dirty=True, which records the diff's hash)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     stem = root / key(cfg)
+    Path(f"{stem}.json").unlink(missing_ok=True)
     atomic_write(Path(f"{stem}.pt"), lambda p: torch.save(cpu_state(model), p))
     if cfg.checkpoints:
         atomic_write(Path(f"{stem}.checkpoints.pt"), lambda p: torch.save(

@@ -15,8 +15,11 @@ One progress line covers all jobs: runs finished, and each running run's step an
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -36,42 +39,56 @@ def _progress_path(cfg: TrainConfig, root: Path) -> Path:
     return store.partial_path(cfg, root).with_suffix(".progress.json")
 
 
-def _lock(path: Path) -> None:
-    """Take the lock file ``path`` for this process; a lock left by a dead process is taken over.
+@contextlib.contextmanager
+def _lock(path: Path):
+    """Hold an exclusive lock on ``path`` while the block runs (``fcntl.flock``: the kernel
+    releases it when the holder exits, however it exits).
 
     Raises
     ------
     RuntimeError
-        If a live process holds it (the same run trained twice at once would share a partial file).
+        If another live process holds it: the same run trained twice at once would share a
+        partial file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        pid = int(path.read_text())
-        os.kill(pid, 0)                               # raises if no such process
-        if pid != os.getpid():
-            raise RuntimeError(f"{path.stem} is being trained by process {pid}")
-    except (OSError, ValueError):
-        pass                                          # no lock, or its holder is gone
-    path.write_text(str(os.getpid()))
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise RuntimeError(f"{path.stem} is being trained by {handle.read() or 'another process'}")
+        handle.truncate(0)
+        handle.write(f"{socket.gethostname()}:{os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_job(name: str, cfg: TrainConfig, root: Path = store.STORE, threads: int = 1,
             amp: bool = False, allow_dirty: bool = False) -> dict:
     """Train run ``name`` (resuming its partial state if any), save it in the store at ``root``
-    and return a summary: name, key, train_s, stop_step, converged, accuracy (on k_train)."""
+    and return a summary: name, key, train_s, stop_step, converged, accuracy (on k_train).
+
+    The code state is read before training: a dirty tree fails at once (unless ``allow_dirty``),
+    and the save refuses if the code changed while the run trained. The partial state is
+    removed only once the entry is saved.
+    """
     torch.set_num_threads(threads)
     root, progress = Path(root), _progress_path(cfg, Path(root))
-    lock = progress.with_suffix("").with_suffix(".lock")
-    _lock(lock)
-
-    def report(now: dict) -> None:
-        progress.write_text(json.dumps(now))
-
-    model, history, info, checkpoints = train.train(
-        cfg, progress=False, partial=store.partial_path(cfg, root), report=report, amp=amp)
-    store.save(cfg, model, history, info, checkpoints, root=root, allow_dirty=allow_dirty)
-    progress.unlink(missing_ok=True)
-    lock.unlink(missing_ok=True)
+    code = store.code_state()
+    if code["dirty"] and not allow_dirty:
+        raise store.DirtyTree("the working tree differs from its commit: commit first")
+    partial = store.partial_path(cfg, root)
+    with _lock(progress.with_suffix("").with_suffix(".lock")):
+        model, history, info, checkpoints = train.train(
+            cfg, progress=False, partial=partial, report=lambda now: progress.write_text(
+                json.dumps(now)), amp=amp, keep_partial=True)
+        store.save(cfg, model, history, info, checkpoints, root=root, allow_dirty=allow_dirty,
+                   code=code)
+        for path in (partial, progress):
+            path.unlink(missing_ok=True)
     final = history[history.step == info["stop_step"]].set_index("k_test").accuracy
     return {"name": name, "key": store.key(cfg), "train_s": round(info["train_s"], 1),
             "stop_step": info["stop_step"], "converged": info["converged"],
@@ -90,9 +107,9 @@ def _executor(kind: str, jobs: int, timeout_min: int, slurm: dict | None):
     LOGS.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
         return submitit.DebugExecutor(folder=LOGS)
-    if kind == "local":
+    if kind == "local":          # every job sees every GPU: several runs share one GPU
         ex = submitit.LocalExecutor(folder=LOGS)
-        ex.update_parameters(timeout_min=timeout_min)
+        ex.update_parameters(timeout_min=timeout_min, gpus_per_node=torch.cuda.device_count())
         return ex
     ex = submitit.AutoExecutor(folder=LOGS, cluster="slurm")
     ex.update_parameters(timeout_min=timeout_min, slurm_array_parallelism=jobs, **(slurm or {}))
@@ -126,7 +143,13 @@ def run(runs: dict[str, TrainConfig], executor: str = "local", jobs: int = 2,
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    check_int("jobs", jobs, 1)
+    for name, value in (("jobs", jobs), ("threads", threads), ("timeout_min", timeout_min)):
+        check_int(name, value, 1)
+    if not poll_s > 0:
+        raise ValueError(f"poll_s must be > 0, got {poll_s}")
+    if store.code_state()["dirty"] and not allow_dirty:      # fail before hours of training
+        raise store.DirtyTree("the working tree differs from its commit: commit first (or "
+                              "allow_dirty=True)")
     root = Path(root)
     todo = [n for n, s in check(runs, root).items() if force or s != "ok"]
     kwargs = dict(root=root, threads=threads, amp=amp, allow_dirty=allow_dirty)

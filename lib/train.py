@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from lib import bp, resume, schedule, tree
 from lib.config import TrainConfig
 from lib.transformer import Transformer, token_ids
+from lib.validate import check_int
 
 _BATCHES_PER_DRAW = 64        # training batches sampled per call to the grammar sampler
 _EVAL_ROWS = 1024             # sequences per forward pass in evaluation (cache-sized on a CPU)
@@ -229,7 +230,8 @@ def _log(cfg: TrainConfig, model, tests, refs, state: dict, step: int, final: bo
 
 def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
           partial: str | Path | None = None, stop_at: int | None = None,
-          report: Callable[[dict], None] | None = None, amp: bool = False):
+          report: Callable[[dict], None] | None = None, amp: bool = False,
+          keep_partial: bool = False):
     """Train one model from scratch, or resume it from a partial run.
 
     Parameters
@@ -241,9 +243,12 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         Torch device; CUDA when available, else CPU.
     partial : path, optional
         File of a partial run (`lib.resume`): resumed from if it exists, rewritten every
-        ``resume.SAVE_EVERY_S`` seconds, deleted at the end. A resumed run is bit-identical to an uninterrupted one.
+        ``resume.SAVE_EVERY_S`` seconds, deleted at the end unless ``keep_partial`` (a caller
+        that saves the result deletes it after saving). A resumed run is bit-identical to an
+        uninterrupted one.
     stop_at : int, optional
-        Stop before training step ``stop_at`` (after saving ``partial``) and return ``None``.
+        With ``partial``: save the partial state before training step ``stop_at >= 1`` and
+        return ``None`` (a run split across sessions, or a test of resuming).
     report : callable, optional
         Called after every evaluation with ``{"step", "n_steps", "accuracy", "lr_factor"}``.
     amp : bool
@@ -265,6 +270,9 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         ``{step: state dict}`` (float32 copies on the CPU) at every step of ``cfg.checkpoints``
         that the run reached; taking them does not change the run.
     """
+    if stop_at is not None and (partial is None or check_int("stop_at", stop_at, 1) > cfg.n_steps):
+        raise ValueError(f"stop_at must be in 1..{cfg.n_steps} and needs partial, got "
+                         f"stop_at={stop_at}, partial={partial}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     M, tests, val, exclude = _data(cfg)
     refs = {k: bp_posteriors(cfg, M, leaves) for k, (_, leaves) in tests.items()}
@@ -315,11 +323,12 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         state["train_s"] += time.perf_counter() - t0
         bar.update()
     bar.close()
-    if partial and partial.exists():
+    if partial and partial.exists() and not keep_partial:
         partial.unlink()
     info = {"train_s": state["train_s"], "eval_s": state["eval_s"], "device": str(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": amp,
-            "stop_step": step, "converged": converged}
+            "stop_step": step, "converged": converged,
+            "resumed_from_lib": sorted(set(state.get("resumed_from_lib", ())))}
     return model.cpu().eval(), pd.DataFrame(state["rows"]), info, state["states"]
 
 

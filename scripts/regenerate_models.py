@@ -51,10 +51,16 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _stop(*_) -> None:
+    """SIGTERM: ignore further ones (the cleanup must finish), then unwind like Ctrl-C."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main() -> int:
     args = parse()
     # SIGTERM (kill, a batch system's stop) unwinds like Ctrl-C, so the runner cancels its jobs
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _stop)
     runs = SWEEPS[args.sweep](args.profile)
     unknown = set(args.only or ()) - set(runs)
     if unknown:
@@ -68,6 +74,9 @@ def main() -> int:
               f" and current; {len(bad)} missing or stale")
         return int(bool(bad))
     start = time.perf_counter()
+    bad = [item for item in args.slurm if "=" not in item]
+    if bad:
+        sys.exit(f"--slurm takes KEY=VALUE items, got {bad}")
     slurm = {k: int(v) if v.isdigit() else v for k, v in (i.split("=", 1) for i in args.slurm)}
     done, failed = sweep.run(runs, args.executor, args.jobs, args.root, args.force, args.threads,
                              args.amp, args.allow_dirty, slurm=slurm)

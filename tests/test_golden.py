@@ -27,7 +27,9 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def _platform() -> dict:
-    return {"machine": platform.machine(), "torch": torch.__version__, "numpy": np.__version__}
+    """What decides bit-exact float results: CPU architecture and vector ISA, library versions."""
+    return {"machine": platform.machine(), "isa": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "numpy": np.__version__}
 
 
 def _history(name: str) -> pd.DataFrame:

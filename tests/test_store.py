@@ -143,6 +143,11 @@ def test_an_early_stopped_run_stores_the_checkpoints_it_reached(tmp_path):
     assert sorted(store.load_checkpoints(cfg, tmp_path)) == [0, 6]
 
 
+def test_a_legacy_key_is_pinned():
+    """The key of chapter 4's legacy root_k0 run, as it was before the new fields existed."""
+    assert store.key(config.legacy_chapter4_runs("laptop")["root_k0"]) == "8e6f2262e1c67413"
+
+
 def test_legacy_fields_leave_old_keys_unchanged():
     assert set(store._record(TINY)["config"]) == {f.name for f in dataclasses.fields(TINY)} - set(
         config.LEGACY_FIELDS)

@@ -1,4 +1,5 @@
 """Tests of lib.sweep and scripts/regenerate_models.py on the tiny sweep (seconds per run)."""
+import fcntl
 import subprocess
 import sys
 from pathlib import Path
@@ -71,9 +72,20 @@ def test_a_run_is_never_trained_twice_at_once(tmp_path, clean):
     name, cfg = "tiny_mlm", config.tiny_runs()["tiny_mlm"]
     lock = store.partial_path(cfg, tmp_path).with_suffix(".lock")
     lock.parent.mkdir(parents=True)
-    lock.write_text("1")                                    # pid 1 is alive in any container
-    with pytest.raises(RuntimeError, match="being trained by process 1"):
-        sweep.run_job(name, cfg, tmp_path)
-    lock.write_text("999999999")                            # a dead holder: taken over
-    assert sweep.run_job(name, cfg, tmp_path)["name"] == name
-    assert not lock.exists()
+    with open(lock, "a+") as holder:                        # another trainer holds the run
+        holder.write("elsewhere:42")
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="being trained by elsewhere:42"):
+            sweep.run_job(name, cfg, tmp_path)
+    assert sweep.run_job(name, cfg, tmp_path)["name"] == name     # released: it runs
+    assert store.status(cfg, tmp_path) == "ok"
+    assert not store.partial_path(cfg, tmp_path).exists()      # removed after the save
+
+
+def test_a_dirty_tree_fails_before_any_training(tmp_path, monkeypatch):
+    dirty = {"commit": "0" * 40, "dirty": True, "diff_sha256": "1" * 64, "lib_sha256": "2" * 64}
+    monkeypatch.setattr(store, "code_state", lambda: dirty)
+    with pytest.raises(store.DirtyTree, match="commit first"):
+        sweep.run(config.tiny_runs(), "inline", root=tmp_path, progress=False)
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []

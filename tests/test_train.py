@@ -246,3 +246,28 @@ def test_chapter4_runs_replicas_differ_only_in_their_seeds():
     assert config.power_checkpoints(300) == (0, 32, 64, 128, 256)
     cfg = config.chapter4_runs("laptop")["root_k3_s2"]
     assert config.from_record(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+
+
+def test_resume_is_exact_with_dropout_decays_timed_saves_and_two_interruptions(tmp_path,
+                                                                               monkeypatch):
+    model_cfg = replace(tiny("mlm").model, dropout=0.1)
+    cfg = tiny("mlm", model=model_cfg, n_steps=300, schedule="plateau", val_every=5,
+               patience=1, n_decays=2, n_val=32, min_delta=0.05)
+    model, history, info, _ = train.train(cfg, progress=False)
+    assert info["converged"] and history.lr_factor.min() < 1        # decays happened
+    monkeypatch.setattr(train.resume, "SAVE_EVERY_S", 0.0)         # a save at every step
+    partial = tmp_path / "run.pt"
+    for stop in (7, info["stop_step"] - 3):                         # two interruptions
+        assert train.train(cfg, progress=False, partial=partial, stop_at=stop) is None
+    model2, history2, info2, _ = train.train(cfg, progress=False, partial=partial)
+    pd.testing.assert_frame_equal(history.drop(columns="wall_s"), history2.drop(columns="wall_s"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, model2.state_dict()[name])
+    assert info2["resumed_from_lib"] == []                          # same code throughout
+
+
+def test_stop_at_needs_a_partial_file_and_a_step_in_range(tmp_path):
+    with pytest.raises(ValueError, match="needs partial"):
+        train.train(tiny(), progress=False, stop_at=5)
+    with pytest.raises(ValueError, match="stop_at must be in"):
+        train.train(tiny(), progress=False, partial=tmp_path / "p.pt", stop_at=0)
