@@ -1,9 +1,12 @@
-"""Tests of lib.probe: hooks, ancestors from sample_tree, probe recovery of a planted code, divergences."""
+"""Tests of lib.probe and lib.ancestor_laws: hooks, ancestors from sample_tree, linear and
+two-layer probes on planted codes, the seeded random-encoder control, BP's ancestor laws against
+enumeration, divergences."""
+import exact
 import numpy as np
 import pytest
 import torch
 
-from lib import bp, probe, tree
+from lib import ancestor_laws, bp, probe, tree
 from lib.transformer import ModelConfig, Transformer
 
 M = tree.random_grammar(3, seed=2)
@@ -105,3 +108,168 @@ def test_other_bad_inputs():
         probe.divergence(np.array([[np.nan, 1.0]]), np.ones((1, 2)) / 2)
     with pytest.raises(ValueError, match="levels must"):
         probe.ancestors([], 0)
+
+
+# --- two-layer probes -------------------------------------------------------------------------
+
+def xor_code(n, rng):
+    """Representation 0 carries two bits a, b; representation 1 is noise. Targets: the class
+    2a + b (linearly separable) and a XOR b (not linearly separable)."""
+    a, b = rng.integers(2, size=(2, n))
+    h0 = np.stack([2 * a - 1, 2 * b - 1], 1) + 0.2 * rng.standard_normal((n, 2))
+    h0 = np.concatenate([h0, rng.standard_normal((n, 3))], 1) + 4.0    # offset: standardising
+    H = np.stack([h0, rng.standard_normal((n, 5))]).astype(np.float32)
+    return H, np.stack([2 * a + b, a ^ b])
+
+
+def test_two_layer_probe_decodes_a_planted_xor_code():
+    rng = np.random.default_rng(0)
+    (H, Y), (Hv, Yv), (Ht, Yt) = (xor_code(n, rng) for n in (6000, 1000, 2000))
+    fit = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, hidden=16, lr=1e-2, batch_size=256,
+                                     max_epochs=20, seed=1)
+    P = fit.predict_proba(Ht)
+    assert P.shape == (2, 2, 2000, 4) and np.allclose(P.sum(-1), 1.0, atol=1e-5)
+    acc = (P.argmax(-1) == Yt[None]).mean(-1)                  # (representation, target)
+    assert acc[0, 0] > 0.97 and acc[0, 1] > 0.97              # the code, XOR included
+    assert acc[1, 0] < 0.31 and acc[1, 1] < 0.56              # noise: chance (1/4 and 1/2)
+    assert np.all(P[0, 1, :, 2:] < 1e-2)                      # XOR has two classes only
+    linear = probe.fit_probe(H[0], Y[1], 2).predict_proba(Ht[0])
+    assert (linear.argmax(1) == Yt[1]).mean() < 0.6           # a linear probe cannot read XOR
+    assert fit.val_loss.shape[1:] == (2, 2) and fit.best_epoch.max() < len(fit.val_loss)
+    kept = fit.val_loss[fit.best_epoch, [[0], [1]], [[0, 1]]]
+    assert np.allclose(kept, fit.val_loss.min(0))             # the best epoch is kept
+
+
+def test_two_layer_probes_are_seeded():
+    rng = np.random.default_rng(3)
+    H, Y = xor_code(800, rng)
+    Hv, Yv = xor_code(200, rng)
+    kwargs = dict(hidden=8, batch_size=128, max_epochs=3)
+    a = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=7, **kwargs)
+    b = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=7, **kwargs)
+    c = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=8, **kwargs)
+    np.testing.assert_array_equal(a.W1, b.W1)
+    np.testing.assert_array_equal(a.predict_proba(Hv), b.predict_proba(Hv))
+    assert not np.array_equal(a.W1, c.W1)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(q=1), "q must be in >= 2"),
+    (dict(hidden=0), "hidden must be in >= 1"),
+    (dict(lr=0.0), "lr must be a finite number >= 1e-12"),
+    (dict(batch_size=0), "batch_size must be in >= 1"),
+    (dict(max_epochs=0), "max_epochs must be in >= 1"),
+    (dict(patience=0), "patience must be in >= 1"),
+    (dict(seed=-1), "seed must be in >= 0"),
+    (dict(lr_final=1.5), r"lr_final must be in \(0, 1\]"),
+    (dict(lr_final=0.0), r"lr_final must be in \(0, 1\]"),
+    (dict(H=np.zeros((2, 10))), r"H must have shape \(R, n >= 1, d\)"),
+    (dict(Y=np.full((2, 10), 4)), "Y must hold integers in 0..3"),
+    (dict(Y=np.zeros((2, 9), dtype=int)), r"Y must have shape \(T >= 1, 10\)"),
+    (dict(H_val=np.zeros((3, 4, 5))), r"H_val must have shape \(2, n >= 1, 5\)"),
+    (dict(Y_val=np.zeros((3, 4), dtype=int)), r"Y_val must have shape \(2, 4\)"),
+    (dict(H=np.full((2, 10, 5), np.nan)), "H must be finite"),
+])
+def test_two_layer_probes_reject_bad_arguments(change, match):
+    args = dict(H=np.zeros((2, 10, 5)), Y=np.zeros((2, 10), dtype=int), q=4,
+                H_val=np.zeros((2, 4, 5)), Y_val=np.zeros((2, 4), dtype=int)) | change
+    with pytest.raises(ValueError, match=match):
+        probe.fit_two_layer_probes(**args)
+
+
+def test_predict_proba_checks_its_input():
+    rng = np.random.default_rng(4)
+    H, Y = xor_code(300, rng)
+    fit = probe.fit_two_layer_probes(H, Y, 4, H, Y, hidden=4, max_epochs=1)
+    with pytest.raises(ValueError, match=r"H must have shape \(2, n >= 1, 5\)"):
+        fit.predict_proba(H[:1])
+
+
+# --- the random-encoder control ---------------------------------------------------------------
+
+CFG_MLM = ModelConfig(vocab=4, seq_len=8, n_classes=3, task="mlm", d_model=8, n_layers=2,
+                      n_heads=2, d_ff=16, dropout=0.0)
+
+
+def test_random_encoder_is_seeded_and_leaves_the_global_stream_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = probe.random_encoder(CFG_MLM, seed=5)
+    np.testing.assert_array_equal(torch.rand(3), expected_next)   # caller's stream untouched
+    b = probe.random_encoder(CFG_MLM, seed=5)
+    c = probe.random_encoder(CFG_MLM, seed=6)
+    for (name, wa), wb, wc in zip(a.state_dict().items(), b.state_dict().values(),
+                                  c.state_dict().values()):
+        assert torch.equal(wa, wb), name
+    assert not torch.equal(a.embed.weight, c.embed.weight)
+    assert not a.training
+    torch.manual_seed(5)                              # lib.train's initialisation, init_seed 5
+    trained_init = Transformer(CFG_MLM)
+    assert all(torch.equal(w, trained_init.state_dict()[n]) for n, w in a.state_dict().items())
+    x = torch.randint(4, (3, 8))
+    np.testing.assert_array_equal(probe.residual_stream(a, x), probe.residual_stream(b, x))
+
+
+def test_random_encoder_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="seed must be in >= 0"):
+        probe.random_encoder(CFG_MLM, seed=-1)
+    with pytest.raises(ValueError, match="cfg must be a ModelConfig"):
+        probe.random_encoder({"d_model": 8}, seed=0)
+
+
+# --- BP's ancestor laws -----------------------------------------------------------------------
+
+def enumerated_laws(M, depth, x, m):
+    """P(node (m, j) | observed leaves) and P(node | observed leaves below it), by enumeration."""
+    q = M.shape[0]
+    X, p = exact._full_joint(M, depth)
+    leaves = X[:, 2**depth - 1:]
+    post, ins = np.zeros((len(x), 2**m, q)), np.zeros((len(x), 2**m, q))
+    for s, row in enumerate(x):
+        observed = row < q
+        for j in range(2**m):
+            node = X[:, 2**m - 1 + j]
+            below = np.zeros(2**depth, dtype=bool)
+            below[j * 2 ** (depth - m):(j + 1) * 2 ** (depth - m)] = True
+            for out, seen in ((post, observed), (ins, observed & below)):
+                keep = np.all(leaves[:, seen] == row[seen], axis=1)
+                law = np.bincount(node[keep], weights=p[keep], minlength=q)
+                out[s, j] = law / law.sum()
+    return post, ins
+
+
+@pytest.mark.parametrize("q, depth", [(3, 2), (2, 3)])
+def test_ancestor_laws_match_enumeration(q, depth):
+    M = tree.random_grammar(q, seed=5)
+    x = tree.sample(M, depth, 12, seed=1)[1]
+    rng = np.random.default_rng(0)
+    x[np.arange(12), rng.integers(2**depth, size=12)] = q          # one mask each ...
+    x[:4, 0] = q                                                    # ... two on some rows
+    for m in range(depth):
+        post, ins = enumerated_laws(M, depth, x, m)
+        np.testing.assert_allclose(ancestor_laws.posterior(M, x, m), post, atol=1e-12)
+        np.testing.assert_allclose(ancestor_laws.inside(M, x, m), ins, atol=1e-12)
+    np.testing.assert_allclose(ancestor_laws.posterior(M, x, 0)[:, 0], bp.root_posterior(M, x))
+    np.testing.assert_allclose(ancestor_laws.inside(M, x, 0), ancestor_laws.posterior(M, x, 0))
+
+
+def test_ancestor_laws_on_clean_leaves_are_the_true_ancestors():
+    levels = tree.sample_tree(M, DEPTH, 200, seed=6)
+    for m in range(DEPTH):
+        truth = np.eye(3)[probe.ancestors(levels, m)]                # (n, L, q)
+        for law in (ancestor_laws.posterior, ancestor_laws.inside):
+            tokens = ancestor_laws.per_token(law(M, levels[-1], m), DEPTH)
+            np.testing.assert_allclose(tokens, truth, atol=1e-12)
+
+
+def test_ancestor_laws_reject_bad_arguments():
+    leaves = tree.sample(M, DEPTH, 2)[1]
+    with pytest.raises(ValueError, match="m must be in 0..2"):
+        ancestor_laws.posterior(M, leaves, DEPTH)
+    with pytest.raises(ValueError, match="m must be in 0..2"):
+        ancestor_laws.inside(M, leaves, -1)
+    with pytest.raises(ValueError, match="laws must have shape"):
+        ancestor_laws.per_token(np.ones((2, 3, 3)), DEPTH)
+    with pytest.raises(ValueError, match="depth must be in >= 1"):
+        ancestor_laws.per_token(np.ones((2, 1, 3)), 0)
