@@ -1,12 +1,15 @@
-"""Tests of lib.probe and lib.ancestor_laws: hooks, ancestors from sample_tree, linear and
-two-layer probes on planted codes, the seeded random-encoder control, BP's ancestor laws against
-enumeration, divergences."""
+"""Tests of lib.probe, lib.ancestor_laws and lib.probe_study: hooks, ancestors from sample_tree,
+linear and two-layer probes on planted codes, the seeded random-encoder control, BP's ancestor
+laws against enumeration, divergences, and the stored probe tables' checks."""
+import json
+
 import exact
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from lib import ancestor_laws, bp, probe, tree
+from lib import ancestor_laws, bp, config, probe, probe_study, provenance, store, tree
 from lib.transformer import ModelConfig, Transformer
 
 M = tree.random_grammar(3, seed=2)
@@ -273,3 +276,60 @@ def test_ancestor_laws_reject_bad_arguments():
         ancestor_laws.per_token(np.ones((2, 3, 3)), DEPTH)
     with pytest.raises(ValueError, match="depth must be in >= 1"):
         ancestor_laws.per_token(np.ones((2, 1, 3)), 0)
+
+
+# --- the stored probe study -------------------------------------------------------------------
+
+def test_probe_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="n_train must be in >= 1"):
+        probe_study.ProbeConfig(n_train=0)
+    with pytest.raises(ValueError, match="control_seed must be in >= 0"):
+        probe_study.ProbeConfig(control_seed=-2)
+    with pytest.raises(ValueError, match=r"lr_final must be in \(0, 1\]"):
+        probe_study.ProbeConfig(lr_final=2.0)
+    with pytest.raises(ValueError, match="models must be a non-empty tuple"):
+        probe_study.ProbeConfig(models=())
+    assert probe_study.ProbeConfig(models=["mlm_k0"]).models == ("mlm_k0",)
+
+
+def test_inputs_mask_one_position_per_masked_token_sequence():
+    leaves = tree.sample(M, DEPTH, 50, seed=2)[1]
+    x = probe_study.inputs("mlm", leaves, 3, seed=4)
+    assert np.all((x == 3).sum(1) == 1) and np.all((x == leaves) | (x == 3))
+    np.testing.assert_array_equal(x, probe_study.inputs("mlm", leaves, 3, seed=4))
+    assert probe_study.inputs("root", leaves, 3, seed=4) is leaves
+    with pytest.raises(ValueError, match="task must be"):
+        probe_study.inputs("lm", leaves, 3, seed=4)
+
+
+def test_stored_tables_are_checked_against_config_models_and_code(tmp_path, monkeypatch):
+    tiny = config.tiny_runs()
+    runs = {"mlm_k0": tiny["tiny_mlm"], "root_k0": tiny["tiny_root"]}
+    cfg = probe_study.ProbeConfig(models=("mlm_k0",))
+    table = pd.DataFrame({"layer": [0, 1], "accuracy": [0.5, 0.75]})
+    with pytest.raises(store.MissingEntry, match="fit_probes.py"):
+        probe_study.load(tmp_path, cfg, runs)
+    clean = {"commit": "a" * 40, "dirty": False, "diff_sha256": None, "lib_sha256": "b"}
+    monkeypatch.setattr(provenance, "code_state", lambda: clean | {"dirty": True})
+    tables = {name: table for name in probe_study.TABLES}
+    with pytest.raises(store.DirtyTree, match="uncommitted"):
+        probe_study.save(tmp_path, cfg, runs, tables, {}, "cmd")
+    monkeypatch.setattr(provenance, "code_state", lambda: clean)
+    with pytest.raises(ValueError, match="tables must hold exactly"):
+        probe_study.save(tmp_path, cfg, runs, {"ancestors": table}, {}, "cmd")
+    probe_study.save(tmp_path, cfg, runs, tables, {"cpu_s": 1.0}, "cmd")
+    loaded, record = probe_study.load(tmp_path, cfg, runs)
+    assert set(loaded) == set(probe_study.TABLES)
+    pd.testing.assert_frame_equal(loaded["ancestors"], table)
+    assert record["models"] == {n: store.key(c) for n, c in runs.items()}
+    with pytest.raises(ValueError, match=r"fields \['n_test'\] differ.*fit_probes.py"):
+        probe_study.load(tmp_path, probe_study.ProbeConfig(models=("mlm_k0",), n_test=8),
+                         runs)
+    other = runs | {"root_k0": config.tiny_runs()["tiny_mlm"]}
+    with pytest.raises(ValueError, match="other models"):
+        probe_study.load(tmp_path, cfg, other)
+    path = tmp_path / probe_study.RECORD
+    record["code"]["dirty"] = True
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="uncommitted code"):
+        probe_study.load(tmp_path, cfg, runs)
