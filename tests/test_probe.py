@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lib import ancestor_laws, bp, config, probe, probe_study, provenance, store, tree
 from lib.transformer import ModelConfig, Transformer
@@ -64,11 +65,21 @@ def test_probe_recovers_a_planted_linear_code():
     assert (noise.argmax(1) == y[3000:]).mean() < 0.35                # no code, chance level
 
 
-def test_fit_is_deterministic():
+def test_fit_reaches_the_penalised_optimum_deterministically():
+    """The fitted weights zero the gradient of the stated objective, computed afresh here."""
     rng = np.random.default_rng(1)
     h, y = rng.standard_normal((200, 5)), rng.integers(3, size=200)
-    a, b = probe.fit_probe(h, y, 3), probe.fit_probe(h, y, 3)
-    np.testing.assert_array_equal(a.W, b.W)
+    fit = probe.fit_probe(h, y, 3, l2=1e-2)
+    X = torch.from_numpy((h - fit.mean) / fit.std)
+
+    def gradient(W0, b0):
+        W, b = torch.tensor(W0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+        loss = F.cross_entropy(X @ W.T + b, torch.from_numpy(y)) + 1e-2 * (W**2).sum()
+        loss.backward()
+        return max(W.grad.abs().max().item(), b.grad.abs().max().item())
+
+    assert gradient(fit.W, fit.b) < 1e-4 < 1e-2 < gradient(0 * fit.W, 0 * fit.b)
+    np.testing.assert_array_equal(probe.fit_probe(h, y, 3, l2=1e-2).W, fit.W)
 
 
 def test_divergence_identities():
