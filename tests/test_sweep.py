@@ -89,3 +89,14 @@ def test_a_dirty_tree_fails_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(store.DirtyTree, match="commit first"):
         sweep.run(config.tiny_runs(), "inline", root=tmp_path, progress=False)
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_the_local_executor_trains_in_separate_processes(tmp_path):
+    """submitit's local executor, one job at a time (the waves path of sweep.run)."""
+    runs = config.tiny_runs()
+    done, failed = sweep.run(runs, "local", jobs=1, root=tmp_path, allow_dirty=True,
+                             poll_s=0.5, progress=False)
+    assert failed == {} and sorted(job["name"] for job in done) == sorted(runs)
+    for name, cfg in runs.items():
+        _, history, info = store.require(cfg, name, tmp_path)
+        assert info["stop_step"] == history.step.max()
