@@ -114,7 +114,7 @@ def log_probs(model: Transformer, leaves: np.ndarray) -> torch.Tensor:
     return out if model.cfg.task == "root" else out.view(n, L, -1)
 
 
-def _score(logp: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+def score(logp: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """Mean cross-entropy (nats) and accuracy of log-probabilities (..., q) against targets (...)."""
     picked = np.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
     return float(-picked.mean()), float((logp.argmax(-1) == target).mean())
@@ -131,7 +131,7 @@ def evaluate(model: Transformer, tests: dict, n: int, refs: dict | None = None) 
     for k, (roots, leaves) in tests.items():
         logp = log_probs(model, leaves[:n]).numpy()
         target = roots[:n] if model.cfg.task == "root" else leaves[:n]
-        loss, acc = _score(logp, target)
+        loss, acc = score(logp, target)
         row = {"k_test": k, "n_test": n, "loss": loss, "accuracy": acc}
         for k_model, p in enumerate(refs[k][:, :n] if refs else ()):
             with np.errstate(divide="ignore", invalid="ignore"):     # 0 log 0 = 0
@@ -146,24 +146,6 @@ def bp_posteriors(cfg: TrainConfig, M: np.ndarray, leaves: np.ndarray) -> np.nda
     posteriors or (depth+1, n, L, q) leave-one-out leaf conditionals, by the run's task."""
     posterior = bp.root_posterior if cfg.task == "root" else bp.leaf_posterior
     return np.stack([posterior(M, leaves, k) for k in range(cfg.depth + 1)])
-
-
-def bp_reference(cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:
-    """BP assuming model ``k_model`` on the first ``n`` (default ``n_test``) sequences of test set ``k_test``.
-
-    Returns a tidy table (k_model, k_test, loss, accuracy) for the run's task: root posterior or
-    leave-one-out leaf conditionals at every position, from `lib.bp` on the very test sets
-    :func:`train` evaluates on.
-    """
-    M, n = grammar(cfg), n or cfg.n_test
-    rows = []
-    for k_test, (roots, leaves) in test_sets(cfg, M).items():
-        target = roots[:n] if cfg.task == "root" else leaves[:n]
-        for k_model, p in enumerate(bp_posteriors(cfg, M, leaves[:n])):
-            with np.errstate(divide="ignore"):       # log 0 = -inf: symbols BP rules out exactly
-                loss, acc = _score(np.log(p), target)
-            rows.append({"k_model": k_model, "k_test": k_test, "loss": loss, "accuracy": acc})
-    return pd.DataFrame(rows)
 
 
 def _inputs(cfg: TrainConfig, roots, leaves, masks: torch.Generator):
@@ -215,7 +197,7 @@ def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> None:
 def _validation_loss(model: Transformer, val) -> float:
     """Mean cross-entropy (nats) on the validation set (every position, for masked tokens)."""
     logp = log_probs(model, val[1]).numpy()
-    return _score(logp, val[0] if model.cfg.task == "root" else val[1])[0]
+    return score(logp, val[0] if model.cfg.task == "root" else val[1])[0]
 
 
 def _log(cfg: TrainConfig, model, tests, refs, state: dict, step: int, final: bool,
@@ -330,23 +312,3 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
             "stop_step": step, "converged": converged,
             "resumed_from_lib": sorted(set(state.get("resumed_from_lib", ())))}
     return model.cpu().eval(), pd.DataFrame(state["rows"]), info, state["states"]
-
-
-def time_to_accuracy(history: pd.DataFrame, k_test: int, target: float) -> float:
-    """Training wall seconds at the first evaluation with accuracy on ``k_test`` at least ``target`` (NaN if never)."""
-    hit = history[(history.k_test == k_test) & (history.accuracy >= target)]
-    return float(hit.wall_s.iloc[0]) if len(hit) else float("nan")
-
-
-def nearest_bp_row(history: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """At each step, the BP row ``k_model`` whose accuracies over ``k_test`` are closest (Euclidean) to the model's.
-
-    Returns a table (step, wall_s, k_model, distance).
-    """
-    acc = history.pivot(index=["step", "wall_s"], columns="k_test", values="accuracy")
-    rows = reference.pivot(index="k_model", columns="k_test", values="accuracy")[acc.columns]
-    dist = np.linalg.norm(acc.to_numpy()[:, None, :] - rows.to_numpy()[None], axis=-1)
-    out = acc.index.to_frame(index=False)
-    out["k_model"] = rows.index.to_numpy()[dist.argmin(1)]
-    out["distance"] = dist.min(1)
-    return out

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, schedule, train, tree
+from lib import config, reference, schedule, train, tree
 from lib.config import TrainConfig
 from lib.transformer import ModelConfig, Transformer
 
@@ -111,7 +111,7 @@ def test_mlm_log_probs_never_see_the_target():
 
 
 def test_bp_reference_is_exact_on_the_full_model():
-    ref = train.bp_reference(replace(tiny(), q=4, depth=4, model=config.model_config("root", "laptop")))
+    ref = reference.bp_reference(replace(tiny(), q=4, depth=4, model=config.model_config("root", "laptop")))
     table = ref.pivot(index="k_model", columns="k_test", values="accuracy")
     assert table.loc[0, 0] == 1.0                               # unambiguous grammar: BP parses the root
     assert (np.diag(table) >= table.max(axis=0) - 0.02).all()   # matched model is (near) best per column
@@ -131,10 +131,10 @@ def test_nearest_bp_row_and_time_to_accuracy():
                         for m in range(3) for t in range(3)])
     hist = pd.concat([ref[ref.k_model == m].assign(step=s, wall_s=2.0 * s).drop(columns="k_model")
                       for s, m in enumerate([2, 1, 0])])
-    rows = train.nearest_bp_row(hist, ref)
+    rows = reference.nearest_bp_row(hist, ref)
     assert list(rows.k_model) == [2, 1, 0] and np.allclose(rows.distance, 0)
-    assert train.time_to_accuracy(hist, 0, 0.95) == 4.0
-    assert np.isnan(train.time_to_accuracy(hist, 0, 1.5))
+    assert reference.time_to_accuracy(hist, 0, 0.95) == 4.0
+    assert np.isnan(reference.time_to_accuracy(hist, 0, 1.5))
 
 
 @pytest.mark.parametrize("fields, match", [
