@@ -29,7 +29,8 @@ SCHEDULES = ("cosine", "plateau")
 #: Field values that a run's identity (`lib.store.key`) leaves out: the values every run had
 #: before the field existed, so that older entries keep their keys. Frozen: never edit a value.
 LEGACY_FIELDS = {"checkpoints": (), "schedule": "cosine", "patience": 4, "lr_decay": 0.5,
-                 "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2, "val_every": 500}
+                 "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2, "val_every": 500,
+                 "restore_best": False}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class TrainConfig:
     n_val, val_seed : int
         Held-out validation sequences at level ``k_train`` (``"plateau"`` only; never trained
         on, like the test sets) and their seed.
+    restore_best : bool
+        ``"plateau"`` only: end with the weights of the lowest validation loss (early stopping on
+        a fixed training set, where the last weights may have overfitted); the final test
+        evaluation scores those.
     """
 
     model: ModelConfig
@@ -100,6 +105,7 @@ class TrainConfig:
     n_val: int = 2048
     val_seed: int = 2
     val_every: int = 500
+    restore_best: bool = False
 
     def __post_init__(self):
         check_int("depth", self.depth, 1)
@@ -138,6 +144,10 @@ class TrainConfig:
         check_int("n_val", self.n_val, 1)
         check_int("val_seed", self.val_seed, 0)
         check_int("val_every", self.val_every, 1)
+        if not isinstance(self.restore_best, bool) or (self.restore_best and
+                                                      self.schedule != "plateau"):
+            raise ValueError(f"restore_best must be a bool and needs schedule='plateau', got "
+                             f"{self.restore_best!r} with schedule={self.schedule!r}")
 
     @property
     def task(self) -> str:

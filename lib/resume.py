@@ -45,8 +45,8 @@ def cpu_state(model: nn.Module) -> dict:
 
 
 def snapshot(cfg: TrainConfig, state: dict, model, opt, masks, plateau) -> dict:
-    """Everything a resumed run needs: ``state`` (step, rows, states, train_s, eval_s), the
-    weights, Adam, the mask generator, torch's global RNG (and CUDA's), the ``plateau``
+    """Everything a resumed run needs: ``state`` (step, rows, states, train_s, eval_s, and the
+    best validated weights under ``restore_best``), the weights, Adam, the mask generator, torch's global RNG (and CUDA's), the ``plateau``
     criterion, and the hash of the library code that trained so far."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {"config": dataclasses.asdict(cfg), **state, "model": cpu_state(model),
@@ -83,7 +83,8 @@ def resume(cfg: TrainConfig, path: Path, model, opt, masks, plateau) -> dict:
         torch.cuda.set_rng_state_all(snap["cuda_rng"])
     for name, value in snap["plateau"].items():
         setattr(plateau, name, value)
-    state = {k: snap[k] for k in ("step", "rows", "states", "train_s", "eval_s")}
+    state = {k: snap[k] for k in ("step", "rows", "states", "train_s", "eval_s", "best")
+             if k in snap}
     other = [snap.get("lib_sha256")] if snap.get("lib_sha256") != code_state()["lib_sha256"] else []
     state["resumed_from_lib"] = [*snap.get("resumed_from_lib", []), *other]
     return state

@@ -244,10 +244,12 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         One row per (evaluation step, k_test): step, seqs (training sequences seen), wall_s
         (training time so far, evaluation excluded), k_test, n_test, loss (nats), accuracy,
         ``kl_bp0..kl_bp{depth}`` (:func:`evaluate`); for ``schedule="plateau"`` also
-        val_loss (NaN between validations) and lr_factor. The last step holds the whole test sets.
+        val_loss (NaN between validations) and lr_factor. The last step holds the whole test
+        sets (scored with the best validated weights under ``restore_best``).
     info : dict
         train_s and eval_s (wall seconds), device, torch version, thread count, amp, the
-        step the run stopped at and whether the criterion stopped it (``converged``).
+        step the run stopped at and whether the criterion stopped it (``converged``); under
+        ``restore_best``, ``best_step``, the step of the weights returned.
     checkpoints : dict
         ``{step: state dict}`` (float32 copies on the CPU) at every step of ``cfg.checkpoints``
         that the run reached; taking them does not change the run.
@@ -285,8 +287,14 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         if val is not None and step >= max(1, cfg.warmup_steps) and step % cfg.val_every == 0:
             extra["val_loss"] = _validation_loss(model, val)
             converged = plateau.update(extra["val_loss"])
+            if cfg.restore_best and extra["val_loss"] < state.get("best", {}).get("val_loss",
+                                                                                 math.inf):
+                state["best"] = {"step": step, "val_loss": extra["val_loss"],
+                                 "model": resume.cpu_state(model)}
         lr = schedule.lr_factor(cfg, step, plateau.decays)
         final = converged or step == cfg.n_steps
+        if final and "best" in state:                  # early stopping: score the best weights
+            model.load_state_dict(state["best"]["model"])
         if step in evals or final:
             if val is not None:
                 extra = {"val_loss": math.nan, **extra, "lr_factor": lr}
@@ -310,5 +318,6 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     info = {"train_s": state["train_s"], "eval_s": state["eval_s"], "device": str(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": amp,
             "stop_step": step, "converged": converged,
+            **({"best_step": state["best"]["step"]} if "best" in state else {}),
             "resumed_from_lib": sorted(set(state.get("resumed_from_lib", ())))}
     return model.cpu().eval(), pd.DataFrame(state["rows"]), info, state["states"]

@@ -225,6 +225,8 @@ def test_plateau_criterion():
     ({"min_delta": 1.5}, "min_delta must be in"),
     ({"n_val": 0}, "n_val"),
     ({"val_every": 0}, "val_every"),
+    ({"restore_best": True}, "restore_best must be a bool and needs schedule='plateau'"),
+    ({"restore_best": 1, "schedule": "plateau"}, "restore_best must be a bool"),
 ])
 def test_bad_convergence_settings_raise(fields, match):
     with pytest.raises(ValueError, match=match):
@@ -271,3 +273,28 @@ def test_stop_at_needs_a_partial_file_and_a_step_in_range(tmp_path):
         train.train(tiny(), progress=False, stop_at=5)
     with pytest.raises(ValueError, match="stop_at must be in"):
         train.train(tiny(), progress=False, partial=tmp_path / "p.pt", stop_at=0)
+
+
+def test_restore_best_scores_the_weights_of_the_lowest_validation_loss(tmp_path):
+    # a fixed training set of 64 sequences, trained long enough to overfit it; every
+    # validation is also an evaluation, so the history holds every validation loss
+    cfg = tiny(n_train=64, n_steps=400, lr=3e-2, warmup_steps=1, schedule="plateau",
+               val_every=10, eval_every=10, patience=3, n_decays=1, n_val=256, min_delta=0.0,
+               restore_best=True, checkpoints=(0, 10))
+    model, history, info, _ = train.train(cfg, progress=False)
+    val = history.dropna(subset=["val_loss"]).drop_duplicates("step").set_index("step").val_loss
+    assert info["best_step"] == val.idxmin() < info["stop_step"]
+    M, tests, val_set, _ = train._data(cfg)
+    final = history[history.step == info["stop_step"]].set_index("k_test")
+    rescored = pd.DataFrame(train.evaluate(model, tests, cfg.n_test)).set_index("k_test")
+    assert np.allclose(rescored.loss, final.loss, atol=1e-6)      # scores of the returned weights
+    # the best weights are the ones validated at best_step, not the last ones
+    assert train._validation_loss(model, val_set) == pytest.approx(val.min(), abs=1e-6)
+    partial = tmp_path / "run.pt"                         # the best weights survive a resume
+    assert train.train(cfg, progress=False, partial=partial, stop_at=info["best_step"] + 5) is None
+    model2, history2, info2, _ = train.train(cfg, progress=False, partial=partial)
+    assert info2["best_step"] == info["best_step"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, model2.state_dict()[name])
+    plain = train.train(replace(cfg, restore_best=False), progress=False)[2]
+    assert "best_step" not in plain and plain["stop_step"] == info["stop_step"]
