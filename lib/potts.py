@@ -112,6 +112,25 @@ def random_couplings(L: int, q: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return J, (G + G.T) / np.sqrt(2)
 
 
+def ring_couplings(L: int, q: int, r: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative couplings with equal row sums, the only ``J`` one softmax head can represent.
+
+    ``J_ij = 1 / (2r)`` when sites ``i`` and ``j`` are at most ``r`` apart on a ring of ``L``
+    sites, else 0 (every row sums to 1); ``U`` is drawn as in `random_couplings`.
+
+    Returns
+    -------
+    J : numpy.ndarray, shape (L, L)
+    U : numpy.ndarray, shape (q, q)
+    """
+    L, q = check_int("L", L, 3), check_int("q", q, 2)
+    r = check_int("r", r, 1, (L - 1) // 2)
+    distance = np.abs(np.subtract.outer(np.arange(L), np.arange(L)))
+    J = ((np.minimum(distance, L - distance) <= r) & (distance > 0)) / (2 * r)
+    G = np.random.default_rng(check_int("seed", seed, 0)).standard_normal((q, q))
+    return J, (G + G.T) / np.sqrt(2)
+
+
 def energy(J, U, s) -> np.ndarray:
     """Energy ``H(s) = -1/2 sum_{i != j} J_ij U[s_i, s_j]`` of each sequence, shape (n,)."""
     J, U, _ = check_potts(J, U, 0.0)

@@ -2,22 +2,19 @@
 
 A model maps ids (B, L) in ``0..q`` (colours ``0..q-1``, the id ``q`` a masked site) to logits
 (B, L, q). Here are the exact single-token MLM loss (every site masked in turn), its evaluation,
-an Adam loop with one random masked site per sequence and early stopping, and the baseline that
-chapter 6 compares with factored attention (`lib.factored_attention`): chapter 4's vanilla
-encoder, whose costly runs `stored_runs` keeps on disk with their configuration. Introduced in
-chapter 6.
+an Adam loop with one random masked site per sequence trained to a validation plateau, and the
+baseline that chapter 6 compares with factored attention (`lib.factored_attention`): chapter 4's
+vanilla encoder, whose costly runs `scripts/potts_baselines.py` stores in ``data/potts/``.
+Introduced in chapter 6.
 """
 from __future__ import annotations
-
-import json
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from lib.potts import check_sequences
+from lib.schedule import Plateau
 from lib.transformer import ModelConfig, Transformer
 from lib.validate import check_int, check_real
 
@@ -107,9 +104,16 @@ def test_loss(model: nn.Module, s, mask_id: int, batch_size: int = 256) -> float
 
 
 def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_size: int = 128,
-              lr: float = 1e-3, eval_every: int = 250, batch_seed: int = 0,
-              mask_seed: int = 0) -> list:
-    """Train any MLM model with Adam, one masked site per sequence, early-stopped on ``s_val``.
+              lr: float = 1e-3, eval_every: int = 250, batch_seed: int = 0, mask_seed: int = 0,
+              patience: int = 4, lr_decay: float = 0.5, n_decays: int = 1,
+              min_delta: float = 1e-3) -> tuple[list, bool]:
+    """Train any MLM model with Adam, one masked site per sequence, until the validation loss
+    on ``s_val`` stops improving (the plateau schedule of chapter 4, `lib.schedule.Plateau`).
+
+    Every ``eval_every`` steps the loss on ``s_val`` (every site masked in turn) is recorded;
+    ``patience`` evaluations in a row without a relative improvement of ``min_delta`` multiply the
+    learning rate by ``lr_decay``, and the plateau after ``n_decays`` decays stops the run
+    (converged); ``steps`` is the cap.
 
     Parameters
     ----------
@@ -120,74 +124,60 @@ def train_mlm(model: nn.Module, s, s_val, mask_id: int, *, steps: int, batch_siz
     mask_id : int
         Id of the mask token: ``q``, see `check_inputs`.
     steps, batch_size, lr, eval_every : int, int, float, int
-        Adam steps, sequences per step, learning rate, steps between validations.
+        Cap on Adam steps, sequences per step, initial learning rate, steps between validations.
     batch_seed, mask_seed : int
         Seeds of the mini-batches and of the masked sites.
+    patience, lr_decay, n_decays, min_delta : int, float, int, float
+        The plateau criterion: ``patience >= 1``, ``0 < lr_decay < 1``, ``n_decays >= 0``,
+        ``min_delta >= 0``.
 
     Returns
     -------
-    history : list of (step, validation loss)
+    history : list of (step, validation loss, learning rate)
+    converged : bool
+        True if the plateau criterion stopped the run, False if it reached the cap ``steps``.
         The model is left with the parameters of the best validation loss.
     """
     s, mask_id = check_inputs(model, s, mask_id)
     s_val = check_sequences(s_val, s.shape[1], mask_id)
     steps, eval_every = check_int("steps", steps, 1), check_int("eval_every", eval_every, 1)
     batch_size = check_int("batch_size", batch_size, 1)
+    if not 0.0 < check_real("lr_decay", lr_decay, lo=0.0) < 1.0:
+        raise ValueError(f"lr_decay must be in (0, 1), got {lr_decay}")
+    plateau = Plateau(check_int("patience", patience, 1), check_real("min_delta", min_delta, 0.0),
+                      check_int("n_decays", n_decays, 0))
     g_batch = torch.Generator().manual_seed(check_int("batch_seed", batch_seed, 0))
     g_mask = torch.Generator().manual_seed(check_int("mask_seed", mask_seed, 0))
-    opt = torch.optim.Adam(model.parameters(), lr=check_real("lr", lr, lo=0.0))
-    history, best, rows = [], (np.inf, None), torch.arange(batch_size)
+    lr = check_real("lr", lr, lo=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history, best, converged = [], (np.inf, None), False
     for step in range(1, steps + 1):
-        x = s[torch.randint(len(s), (batch_size,), generator=g_batch)]      # (B, L), a copy
-        site = torch.randint(x.shape[1], (batch_size,), generator=g_mask)   # one masked site each
-        target = x[rows, site]
-        x[rows, site] = mask_id
-        logits = model(x)[rows, site]                                       # (B, q)
-        if step == 1:
-            _check_width(logits, mask_id)
-        loss = nn.functional.cross_entropy(logits, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _mlm_step(model, opt, s, mask_id, batch_size, g_batch, g_mask, check=step == 1)
         if step % eval_every == 0 or step == steps:
-            history.append((step, test_loss(model, s_val, mask_id)))
+            rate = opt.param_groups[0]["lr"]
+            history.append((step, test_loss(model, s_val, mask_id), rate))
             if history[-1][1] < best[0]:
                 best = (history[-1][1], {k: v.clone() for k, v in model.state_dict().items()})
+            converged = plateau.update(history[-1][1])
+            if converged:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_decay ** plateau.decays
     model.load_state_dict(best[1])
-    return history
+    return history, converged
 
 
-def stored_runs(path, record: dict, compute) -> dict:
-    """Results of costly runs, read from a JSON file when its configuration matches.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        The JSON file (chapter 6: ``data/potts/vanilla_<profile>.json``).
-    record : dict
-        Everything that determines the results (JSON-serialisable); compared with the record
-        stored in the file after a JSON round trip.
-    compute : callable
-        ``compute() -> list`` of JSON-serialisable result rows, run when the file is missing or
-        its record differs; the file is then rewritten.
-
-    Returns
-    -------
-    dict
-        ``record``, ``results`` and ``provenance`` (`lib.provenance.environment` of the machine
-        that computed them, ``wall_seconds`` and ``created``). Delete the file to recompute.
-    """
-    from lib import provenance
-
-    path, record = Path(path), json.loads(json.dumps(record))
-    stored = json.loads(path.read_text()) if path.exists() else None
-    if stored is None or stored["record"] != record:
-        start = time.time()
-        results = compute()
-        stored = {"record": record, "results": results,
-                  "provenance": {**provenance.environment(),
-                                 "wall_seconds": round(time.time() - start),
-                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(stored, indent=1))
-    return stored
+def _mlm_step(model, opt, s, mask_id, batch_size, g_batch, g_mask, check: bool) -> None:
+    """One Adam step on a mini-batch of ``s`` (M, L) with one random masked site per sequence."""
+    x = s[torch.randint(len(s), (batch_size,), generator=g_batch)]          # (B, L), a copy
+    site = torch.randint(x.shape[1], (batch_size,), generator=g_mask)       # one masked site each
+    rows = torch.arange(batch_size)
+    target = x[rows, site]
+    x[rows, site] = mask_id
+    logits = model(x)[rows, site]                                           # (B, q)
+    if check:
+        _check_width(logits, mask_id)
+    loss = nn.functional.cross_entropy(logits, target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()

@@ -1,10 +1,13 @@
-"""The inverse Potts problem by pseudo-likelihood on the factorized couplings ``K_ij V[a, b]``.
+"""The inverse Potts problem by pseudo-likelihood, on factorized and on unconstrained couplings.
 
 Given sequences drawn from a generalized Potts model (`lib.potts`), pseudo-likelihood fits the
 single-site conditionals ``p(s_i = a | s_{-i}) = softmax_a( sum_{j != i} K_ij V[a, s_j] )``. Here
 are the objective with hand-written gradients, an L-BFGS fit, and the gauge fixing that compares
 an estimate with the truth ``(beta J, U)``. One layer of factored attention
-(`lib.factored_attention`) trained by MLM minimises the same objective. Introduced in chapter 6.
+(`lib.factored_attention`) trained by MLM minimises the same objective. The standard method
+(plmDCA, Ekeberg et al. 2013) fits unconstrained couplings ``W[i, a, j, b]`` and fields
+``h[i, a]`` instead: ``full_pl_objective`` and ``fit_full_pseudolikelihood``, the baseline that
+shows what the factorization saves. Introduced in chapter 6.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from scipy.special import log_softmax
 
 from lib.potts import check_factors, check_potts, check_sequences
 from lib.validate import check_int, check_real
+
 
 def pl_objective(K, V, s, lam: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
     """Negative log pseudo-likelihood per site of ``K_ij V[a, b]`` plus a ridge, with its gradients.
@@ -129,3 +133,98 @@ def coupling_error(K, V, J, U, beta) -> float:
     K, V = fix_gauge(K, V, U)
     true = np.einsum("ij,ab->iajb", beta * J, U - U.mean(axis=0))
     return float(np.linalg.norm(np.einsum("ij,ab->iajb", K, V) - true) / np.linalg.norm(true))
+
+
+def check_full(W, h) -> tuple[np.ndarray, np.ndarray]:
+    """Check unconstrained couplings ``W`` (L, q, L, q) and fields ``h`` (L, q), finite, L, q >= 2."""
+    W, h = np.asarray(W, dtype=np.float64), np.asarray(h, dtype=np.float64)
+    if h.ndim != 2 or min(h.shape) < 2:
+        raise ValueError(f"h must have shape (L, q) with L, q >= 2, got shape {h.shape}")
+    if W.shape != (*h.shape, *h.shape):
+        raise ValueError(f"W must have shape (L, q, L, q) = {(*h.shape, *h.shape)} to match h, "
+                         f"got shape {W.shape}")
+    if not (np.all(np.isfinite(W)) and np.all(np.isfinite(h))):
+        raise ValueError("W and h must be finite (no NaN or inf entries)")
+    return W, h
+
+
+def full_log_conditionals(W, h, s) -> np.ndarray:
+    """Log conditionals ``log softmax_a( h[i, a] + sum_{j != i} W[i, a, j, s_j] )``, (n, L, q).
+
+    The blocks ``W[i, :, i, :]`` are ignored.
+    """
+    W, h = check_full(W, h)
+    (L, q), s = h.shape, check_sequences(s, h.shape[0], h.shape[1])
+    X = np.eye(q)[s].reshape(len(s), L * q)                      # one-hot (n, L q)
+    z = X @ (W * _off_blocks(L, q)).reshape(L * q, L * q).T
+    return log_softmax(z.reshape(len(s), L, q) + h, axis=2)
+
+
+def full_pl_objective(W, h, s, lam: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
+    """plmDCA's objective, averaged over sites, with hand-written gradients.
+
+    ``loss = (1/L) sum_i [ -(1/n) sum_n log p(s_ni | s_n,-i) + lam (||W_i||^2 + ||h_i||^2) ]``,
+    with ``W_i = W[i, :, j != i, :]``: plmDCA's per-site ridge on couplings and fields (one
+    ``lam`` for both), so the ridge term is ``(lam / L) (||W||^2 + ||h||^2)`` next to the mean
+    loss per site.
+
+    Returns
+    -------
+    loss : float
+    dW : numpy.ndarray, shape (L, q, L, q), zero blocks ``dW[i, :, i, :]``
+    dh : numpy.ndarray, shape (L, q)
+    """
+    W, h = check_full(W, h)
+    lam, (L, q) = check_real("lam", lam, lo=0.0), h.shape
+    s = check_sequences(s, L, q)
+    off = _off_blocks(L, q)
+    W = W * off
+    Y = np.eye(q)[s]                                             # (n, L, q)
+    X = Y.reshape(len(s), L * q)
+    logp = log_softmax((X @ W.reshape(L * q, L * q).T).reshape(Y.shape) + h, axis=2)
+    n_terms = Y.shape[0] * L
+    loss = -float((logp * Y).sum()) / n_terms + lam / L * float((W**2).sum() + (h**2).sum())
+    R = (np.exp(logp) - Y) / n_terms                             # d loss / d logits (n, L, q)
+    dW = (R.reshape(len(s), L * q).T @ X).reshape(L, q, L, q) * off + 2 * lam / L * W
+    return loss, dW, R.sum(axis=0) + 2 * lam / L * h
+
+
+def _off_blocks(L: int, q: int) -> np.ndarray:
+    """Mask (L, q, L, q): 1 where ``j != i``, 0 on the self-coupling blocks."""
+    return np.broadcast_to((1 - np.eye(L))[:, None, :, None], (L, q, L, q))
+
+
+def fit_full_pseudolikelihood(s, q: int, lam: float = 1e-2, *,
+                              max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """plmDCA: minimise `full_pl_objective` (convex) by L-BFGS from zero couplings and fields.
+
+    Parameters
+    ----------
+    s : array_like of int, shape (M, L)
+        Training sequences.
+    q : int
+        Number of colours.
+    lam : float
+        Ridge on couplings and fields, see `full_pl_objective` (plmDCA's default is 0.01).
+    max_iter : int
+        L-BFGS iterations at most.
+
+    Returns
+    -------
+    W : numpy.ndarray, shape (L, q, L, q), zero self-coupling blocks, not symmetrized
+    h : numpy.ndarray, shape (L, q)
+    """
+    q = check_int("q", q, 2)
+    s = check_sequences(s, None, q)
+    L, lam = s.shape[1], check_real("lam", lam, lo=0.0)
+    size = (L * q) ** 2
+
+    def objective(theta):
+        loss, dW, dh = full_pl_objective(theta[:size].reshape(L, q, L, q),
+                                         theta[size:].reshape(L, q), s, lam)
+        return loss, np.concatenate([dW.ravel(), dh.ravel()])
+
+    options = {"maxiter": check_int("max_iter", max_iter, 1), "gtol": 1e-9, "ftol": 1e-13}
+    res = minimize(objective, np.zeros(size + L * q), jac=True, method="L-BFGS-B",
+                   options=options)
+    return res.x[:size].reshape(L, q, L, q) * _off_blocks(L, q), res.x[size:].reshape(L, q)

@@ -343,12 +343,30 @@ def test_train_mlm_lowers_the_loss_and_is_seeded(model):
     for _ in range(2):
         layer = factored_attention.FactoredAttention(L, Q, init_seed=0)
         before = potts_mlm.test_loss(layer, s, Q)
-        hist = potts_mlm.train_mlm(layer, s, s[:100], Q, steps=90, batch_size=32, lr=0.1, eval_every=30)
+        hist, converged = potts_mlm.train_mlm(layer, s, s[:100], Q, steps=90, batch_size=32, lr=0.1,
+                                              eval_every=30)
         runs.append(hist)
-    assert [h[0] for h in runs[0]] == [30, 60, 90] and runs[0] == runs[1]
+    assert [h[0] for h in runs[0]] == [30, 60, 90] and runs[0] == runs[1] and not converged
     truth = potts.neg_log_pseudolikelihood(J, U, beta, s[:100])               # 0.983 < before = 1.099
-    assert min(v for _, v in runs[0]) < truth + 0.6 * (before - truth)
-    assert potts_mlm.test_loss(layer, s[:100], Q) == min(v for _, v in runs[1])     # best state restored
+    assert min(v for _, v, _ in runs[0]) < truth + 0.6 * (before - truth)
+    assert potts_mlm.test_loss(layer, s[:100], Q) == min(v for _, v, _ in runs[1])  # best state restored
+
+
+def test_train_mlm_stops_at_the_plateau_and_halves_the_rate(model):
+    J, U, beta = model
+    s = potts.sample(J, U, beta, 200, burn_in=10, seed=6)
+    layer = factored_attention.FactoredAttention(L, Q, init_seed=0)
+    hist, converged = potts_mlm.train_mlm(layer, s, s[:100], Q, steps=5000, batch_size=32, lr=0.2,
+                                          eval_every=20, patience=2, n_decays=1, min_delta=0.0)
+    steps, losses, rates = zip(*hist)
+    assert converged and steps[-1] < 5000                  # stopped by the criterion, not the cap
+    assert rates[0] == 0.2 and rates[-1] == 0.1 and set(rates) == {0.2, 0.1}
+    best = int(np.argmin(losses))
+    assert len(hist) - 1 - best >= 2                       # the last evaluations did not improve
+    for bad, match in [(dict(patience=0), "patience"), (dict(lr_decay=1.0), "lr_decay"),
+                       (dict(n_decays=-1), "n_decays"), (dict(min_delta=-1.0), "min_delta")]:
+        with pytest.raises(ValueError, match=match):
+            potts_mlm.train_mlm(layer, s, s, Q, steps=1, **bad)
 
 
 def test_vanilla_baseline_is_seeded_and_masked_logits_never_leak():
@@ -367,19 +385,3 @@ def test_vanilla_baseline_is_seeded_and_masked_logits_never_leak():
     t[:, 2] = (t[:, 2] + 1) % Q                                         # change only the masked target
     torch.testing.assert_close(potts_mlm.masked_logits(a, t, Q)[:, 2], logits[:, 2], rtol=0, atol=0)
     assert not torch.allclose(potts_mlm.masked_logits(a, t, Q)[:, 0], logits[:, 0])   # other sites see it
-
-
-def test_stored_runs_compute_once_and_again_when_the_record_changes(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return [{"run": len(calls)}]
-
-    path = tmp_path / "sub" / "runs.json"
-    first = potts_mlm.stored_runs(path, {"steps": 10, "M": (1, 2)}, compute)
-    again = potts_mlm.stored_runs(path, {"steps": 10, "M": (1, 2)}, compute)   # tuple == list
-    assert len(calls) == 1 and again == first and first["results"] == [{"run": 1}]
-    assert {"created", "wall_seconds", "commit"} <= set(first["provenance"])
-    changed = potts_mlm.stored_runs(path, {"steps": 11, "M": (1, 2)}, compute)
-    assert len(calls) == 2 and changed["results"] == [{"run": 2}]
