@@ -12,7 +12,9 @@ retrains them); a run interrupted mid-way resumes from its partial state in data
 Entries are saved only from a clean working tree (commit first; ``--allow-dirty`` records the
 diff's hash and leaves the entry flagged stale). ``--sweep legacy`` names the fixed-budget runs
 the chapters show until every converged run is stored; ``--sweep tiny`` is the seconds-long
-sweep CI exercises. ``--prune`` deletes entries that belong to no run of any sweep.
+sweep CI exercises; ``--sweep sample_complexity`` trains root classifiers on fixed training sets
+(lib.sample_complexity) into data/sample_complexity and then rewrites its table,
+data/sample_complexity.csv. ``--prune`` deletes entries that belong to no run of any sweep.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from lib import config, store, sweep
+from lib import config, sample_complexity, store, sweep
 from lib.provenance import PROFILES
 
 SWEEPS = {"chapter4": config.chapter4_runs, "legacy": config.legacy_chapter4_runs,
-          "tiny": config.tiny_runs}
+          "tiny": config.tiny_runs, "sample_complexity": sample_complexity.runs}
+#: Where each sweep's entries live (default: the model store, data/models).
+ROOTS = {"sample_complexity": sample_complexity.STORE}
 
 
 def parse() -> argparse.Namespace:
@@ -45,7 +49,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--prune", action="store_true", help="delete entries of no current run")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    parser.add_argument("--root", type=Path, default=store.STORE, help="store folder")
+    parser.add_argument("--root", type=Path, help="store folder (default: data/models, or "
+                        "data/sample_complexity for that sweep)")
     parser.add_argument("--slurm", nargs="*", default=[], metavar="KEY=VALUE",
                         help="submitit SLURM parameters, e.g. slurm_partition=gpu gpus_per_node=1")
     return parser.parse_args()
@@ -62,6 +67,7 @@ def main() -> int:
     # SIGTERM (kill, a batch system's stop) unwinds like Ctrl-C, so the runner cancels its jobs
     signal.signal(signal.SIGTERM, _stop)
     runs = SWEEPS[args.sweep](args.profile)
+    args.root = args.root or ROOTS.get(args.sweep, store.STORE)
     unknown = set(args.only or ()) - set(runs)
     if unknown:
         sys.exit(f"unknown run names {sorted(unknown)}; choose from {list(runs)}")
@@ -86,6 +92,11 @@ def main() -> int:
     for name, error in failed.items():
         print(f"{name:16s} FAILED  {error}")
     print(f"total {time.perf_counter() - start:.0f} s wall, {len(done)} trained, {len(failed)} failed")
+    if (args.sweep, args.profile, args.root) == ("sample_complexity", "laptop",
+                                                  sample_complexity.STORE):
+        results = sample_complexity.table(SWEEPS[args.sweep](args.profile), args.root)
+        results.to_csv(sample_complexity.TABLE, index=False, float_format="%.6g")
+        print(f"wrote {len(results)} rows to {sample_complexity.TABLE}")
     if args.prune:
         keep = {store.key(c) for sweep_of in SWEEPS.values() for p in PROFILES
                 for c in sweep_of(p).values()}

@@ -1,0 +1,122 @@
+"""How much data: root classification trained on fixed training sets of ``P`` sequences.
+
+Every run of :func:`runs` is chapter 4's root classifier (`lib.config.converged_config`) trained
+on a fixed set of ``P`` sequences drawn at filtering level ``k``, cycled in shuffled epochs, and
+stopped early: the plateau schedule with ``restore_best``, so the weights scored are those of the
+lowest loss on a held-out validation set (``n_val`` sequences, used only to choose when to stop
+and not counted in ``P``). Every run is then tested on the same ``N_TEST`` held-out sequences of
+level ``k`` as exact BP(k, k). :func:`table` gathers the stored runs into one row each
+(``data/sample_complexity.csv``), and :func:`p_star` reads off the smallest ``P`` within ``eps``
+of BP. Introduced in chapter 4.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib import reference, store
+from lib.config import TrainConfig, converged_config
+from lib.provenance import PROFILES
+from lib.tree import BOOK_SETTING
+from lib.validate import check_real
+
+#: Training-set sizes: a log grid over a factor 64 (laptop) or 2,048 (paper).
+SIZES = {"laptop": tuple(2**e for e in range(9, 16)), "paper": tuple(2**e for e in range(9, 21))}
+#: Seeds of the replicas: ``init_seed = data_seed = seed`` (a new training set and a new init).
+SEEDS = (0, 1, 2)
+#: Held-out test sequences per level, the same for every run and for BP.
+N_TEST = 20_000
+#: Early stopping: validate every 100 steps; 3 validations without improvement halve the rate
+#: once, 3 more stop the run; at most 12,000 steps (laptop); monitored at 8 log-spaced steps.
+EARLY_STOPPING = dict(restore_best=True, val_every=100, patience=3, n_decays=1, n_val=2048,
+                      n_test=N_TEST, n_monitor=1024, n_evals=8)
+#: The store of these runs (kept apart from chapter 4's).
+STORE = Path(__file__).resolve().parents[1] / "data" / "sample_complexity"
+#: :func:`table` of the laptop sweep, committed; the chapter reads it.
+TABLE = STORE.parent / "sample_complexity.csv"
+
+
+def run_config(profile: str, k: int, P: int, seed: int) -> TrainConfig:
+    """Root classification at level ``k`` on ``P`` training sequences, stopped early, seed ``seed``."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    cfg = converged_config("root", profile, k, seed)
+    return replace(cfg, n_train=P, eval_every=cfg.n_steps, **EARLY_STOPPING)
+
+
+def runs(profile: str) -> dict[str, TrainConfig]:
+    """The sweep, by name ``root_k{k}_P{P}_s{seed}``, smallest ``P`` first (the cheapest runs,
+    and a complete seed-0 curve before the replicas)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    return {f"root_k{k}_P{P}_s{seed}": run_config(profile, k, P, seed)
+            for seed in SEEDS for P in SIZES[profile] for k in range(BOOK_SETTING["depth"] + 1)}
+
+
+def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
+    """One row per stored run of ``sweep``: task, k, P, seed, n_test, accuracy, bp_accuracy
+    (fractions, on the same test sequences), best_step, stop_step, train_s, key, commit.
+    Runs not stored yet are left out."""
+    rows, bp_acc = [], {}
+    for name, cfg in sweep.items():
+        if store.status(cfg, root) != "ok":
+            continue
+        stem = Path(root) / store.key(cfg)
+        meta = json.loads(Path(f"{stem}.json").read_text())["provenance"]
+        history = pd.read_csv(f"{stem}.csv")
+        final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
+        if (cfg.k_train, cfg.n_test) not in bp_acc:
+            ref = reference.bp_reference(cfg)
+            for k in range(cfg.depth + 1):
+                bp_acc[k, cfg.n_test] = ref.query("k_model == @k and k_test == @k").accuracy.item()
+        rows.append({"task": cfg.task, "k": cfg.k_train, "P": cfg.n_train, "seed": cfg.init_seed,
+                     "n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
+                     "bp_accuracy": bp_acc[cfg.k_train, cfg.n_test],
+                     "best_step": meta["best_step"], "stop_step": meta["stop_step"],
+                     "train_s": round(meta["train_s"], 1), "key": store.key(cfg),
+                     "commit": meta["commit"]})
+    return pd.DataFrame(rows)
+
+
+def p_star(results: pd.DataFrame, eps: float) -> pd.DataFrame:
+    """The smallest ``P`` from which on the seed-mean gap to BP stays within ``eps``, per ``k``.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        :func:`table`'s rows (columns k, P, accuracy, bp_accuracy), at least two seeds per
+        (k, P).
+    eps : float
+        Tolerance in accuracy (a fraction, e.g. 0.02 for 2 points), ``> 0``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index k; columns P_star (NaN if no size of the grid reaches it), P_low and P_high: the
+        same with the gap lowered or raised by one standard error of the seed mean (the
+        uncertainty of P_star on the grid).
+    """
+    eps = check_real("eps", eps, 1e-12)
+    gap = results.assign(gap=results.bp_accuracy - results.accuracy)
+    stats = gap.groupby(["k", "P"]).gap.agg(["mean", "sem", "count"]).reset_index()
+    if (stats["count"] < 2).any():
+        raise ValueError("results must hold at least two seeds for every (k, P)")
+    out = {}
+    for k, s in stats.groupby("k"):
+        s = s.sort_values("P")
+        out[k] = {col: _first_from_which(s.P.to_numpy(), s["mean"].to_numpy() + shift <= eps)
+                  for col, shift in (("P_star", 0), ("P_low", -s["sem"]), ("P_high", s["sem"]))}
+    return pd.DataFrame.from_dict(out, orient="index").rename_axis("k")
+
+
+def _first_from_which(P: np.ndarray, ok) -> float:
+    """The smallest ``P[i]`` with ``ok[j]`` for every ``j >= i`` (NaN if ``ok[-1]`` is false)."""
+    ok = np.asarray(ok, dtype=bool)
+    if not ok[-1]:
+        return float("nan")
+    bad = np.flatnonzero(~ok)
+    return float(P[bad[-1] + 1] if len(bad) else P[0])
