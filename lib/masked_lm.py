@@ -22,20 +22,39 @@ def loss(model: nn.Module, data: MaskedCorpus) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), data.query_labels.flatten(), ignore_index=IGNORE)
 
 
+AVERAGES = ("token", "batch")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: MaskedCorpus, batch_size: int = 500) -> float:
-    """Cross-entropy over all masked positions of ``data``, in batches, in eval mode, no gradient."""
+def evaluate(model: nn.Module, data: MaskedCorpus, batch_size: int = 500,
+             average: str = "token") -> float:
+    """Cross-entropy over the masked positions of ``data``, in batches, in eval mode, no gradient.
+
+    Parameters
+    ----------
+    model : nn.Module
+    data : MaskedCorpus
+    batch_size : int
+        Documents per batch, in order.
+    average : str
+        ``"token"``: the mean over all masked positions. ``"batch"``: the mean over batches of
+        each batch's mean, as the authors' code reports its dev loss (batches of 40).
+    """
     batch_size = check_int("batch_size", batch_size, 1)
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     if not (data.query_labels != IGNORE).any():
         raise ValueError("data has no masked positions to score")
-    total, count, was_training = 0.0, 0, model.training
+    values, weights, was_training = [], [], model.training
     model.eval()
     for start in range(0, len(data), batch_size):
         part = data.batch(slice(start, start + batch_size))
         n = int((part.query_labels != IGNORE).sum())
-        total, count = total + float(loss(model, part)) * n, count + n
+        if n:
+            values.append(float(loss(model, part)))
+            weights.append(n if average == "token" else 1)
     model.train(was_training)
-    return total / count
+    return float(np.average(values, weights=weights))
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -43,7 +62,7 @@ OPTIMIZERS = ("adam", "sgd")
 
 def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimizer: str = "adam",
           batch_size: int = 40, order_seed: int = 0, record=None, record_every: int = 0,
-          progress: bool = True):
+          stop=None, progress: bool = True):
     """Minimise `loss` over batches of documents reshuffled every epoch (static masks).
 
     Parameters
@@ -65,6 +84,9 @@ def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimi
         and at the end.
     record_every : int
         0 records only at step 0 and at the end.
+    stop : callable or None
+        ``stop(rows) -> bool``, asked after every record with the list of records so far (dicts
+        as in the returned table); True ends training there (early stopping).
     progress : bool
         Show a progress bar (unless ``TQDM_DISABLE=1`` is set, as in the book build).
 
@@ -117,4 +139,6 @@ def train(model: nn.Module, data: MaskedCorpus, steps: int, *, lr: float, optimi
         running.append(value.item())
         if step == steps or (record_every and step % record_every == 0):
             log(step)
+            if stop is not None and stop(rows):
+                break
     return pd.DataFrame(rows)

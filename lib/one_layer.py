@@ -4,8 +4,10 @@ One layer, one head, no positions, residual or feed-forward block; the decoder i
 so ``logits_i = sum_j A_ij W^V h_j``. Its switches (frozen uniform attention, value matrix frozen
 to the identity or to the topic blocks, one-hot or trained embeddings, small initialisation) give
 the paper's experiments. Masked positions are removed as keys, as in the authors' code, so no
-query ever sees a masked token. It reads a `lib.masking.MaskedCorpus` of LDA documents
-(`lib.lda`) and trains with `lib.masked_lm`.
+query ever sees a masked token. ``input_norm`` adds the one part of the authors' code that the
+idealised model drops: their BERT embedding block applies a token-type embedding and a LayerNorm
+to every input, so ``h = LN(E[x] + t_0)`` instead of ``E[x]``. It reads a
+`lib.masking.MaskedCorpus` of LDA documents (`lib.lda`) and trains with `lib.masked_lm`.
 
 Introduced in chapter 7.
 """
@@ -43,6 +45,10 @@ class TopicModelConfig:
     init_scale : float or None
         None: PyTorch's default ``U(+-1/sqrt(d))`` for trained W and b; a number ``s``: weights
         ``s * U[0, 1)`` and zero biases (the authors' small initialisation).
+    input_norm : bool
+        False: inputs ``h = E[x]`` (the idealised model). True: ``h = LN(E[x] + t_0)`` as the
+        authors' code computes them, with a trained token-type vector ``t_0 ~ N(0, 1)`` and a
+        trained LayerNorm (gain 1, shift 0 at initialisation, eps 1e-12).
     """
 
     T: int = 10
@@ -51,6 +57,7 @@ class TopicModelConfig:
     attention: str = "trained"
     value: str = "trained"
     init_scale: float | None = None
+    input_norm: bool = False
 
     def __post_init__(self):
         check_topics(self.T, self.v, 1.0)
@@ -58,6 +65,8 @@ class TopicModelConfig:
                               ("value", VALUES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.input_norm, bool):
+            raise ValueError(f"input_norm must be True or False, got {self.input_norm!r}")
         if self.init_scale is not None and check_real("init_scale", self.init_scale, 0.0) == 0.0:
             raise ValueError("init_scale must be > 0 (zero W^Q = W^K is a saddle) or None")
 
@@ -98,6 +107,9 @@ class OneLayerModel(nn.Module):
             else:
                 self.register_buffer(f"W_{name}", self._frozen_weight(name))
                 self.register_buffer(f"b_{name}", torch.zeros(d))
+        if cfg.input_norm:                    # drawn last: the other parameters do not change
+            self.t_0 = nn.Parameter(torch.randn(d, generator=gen))
+            self.norm = nn.LayerNorm(d, eps=1e-12)
 
     def _init_trainable(self, name: str, gen: torch.Generator) -> None:
         d, s = self.cfg.d, self.cfg.init_scale
@@ -118,9 +130,14 @@ class OneLayerModel(nn.Module):
         topic = torch.as_tensor(topic_of_id(self.cfg.T, self.cfg.v))
         return ((topic[:, None] == topic[None, :]) & (topic[:, None] >= 0)).float()
 
+    def inputs(self) -> torch.Tensor:
+        """Input vector of every token id, (d, d): ``E``, or ``LN(E + t_0)`` with ``input_norm``."""
+        return self.norm(self.E + self.t_0) if self.cfg.input_norm else self.E
+
     def tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Query, key and value of every token id, each (d, d): ``E W + b``."""
-        return tuple(self.E @ getattr(self, f"W_{n}") + getattr(self, f"b_{n}") for n in "QKV")
+        """Query, key and value of every token id, each (d, d): ``h W + b`` with ``h = inputs()``."""
+        H = self.inputs()
+        return tuple(H @ getattr(self, f"W_{n}") + getattr(self, f"b_{n}") for n in "QKV")
 
     def forward(self, data: MaskedCorpus, return_attention: bool = False):
         """Logits (B, m, d) at ``data.query_pos``; with ``return_attention`` also A (B, m, L).

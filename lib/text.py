@@ -136,8 +136,9 @@ def mask_text(ids, n_classes: int, p_select: float = 0.15, seed: int = 0,
     """BERT's 80/10/10 masking of ``copies`` independently masked copies of ``ids`` (n, L).
 
     Every position may be selected; the mask id is ``n_classes`` (`lib.transformer`'s
-    convention) and random replacements are uniform over the ``n_classes`` word ids. As in BERT,
-    and unlike the synthetic model, masked positions stay visible as keys.
+    convention) and random replacements are uniform over the ``n_classes`` word ids. As in the
+    authors' synthetic model, and unlike BERT, every selected position is hidden from the keys
+    (``key_visible`` is False there), so no query can copy a selected token's content.
     """
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 2:
@@ -145,9 +146,10 @@ def mask_text(ids, n_classes: int, p_select: float = 0.15, seed: int = 0,
     n_classes = check_int("n_classes", n_classes, 1)
     ids = np.tile(ids, (check_int("copies", copies, 1), 1))
     everywhere = np.ones(ids.shape, bool)
-    inputs, labels, _ = masking.mask_tokens(ids, everywhere, mask_id=n_classes, n_ids=n_classes,
-                                            p_select=p_select, seed=seed)
-    return masking.masked_corpus(inputs, labels, everywhere)
+    inputs, labels, selected = masking.mask_tokens(ids, everywhere, mask_id=n_classes,
+                                                   n_ids=n_classes, p_select=p_select,
+                                                   seed=seed)
+    return masking.masked_corpus(inputs, labels, ~selected)
 
 
 class MaskedLM(nn.Module):
@@ -155,8 +157,9 @@ class MaskedLM(nn.Module):
 
     ``forward(data)`` returns the logits (B, m, n_classes) at ``data.query_pos`` only, so
     `lib.masked_lm.train` and `lib.masked_lm.evaluate` drive it unchanged. It runs the network's
-    own modules but applies the readout to the masked positions alone: over a vocabulary of
-    thousands of words the readout at every position would dominate the cost of a step.
+    own modules, every layer attending only to ``data.key_visible``, and applies the readout to
+    the masked positions alone: over a vocabulary of thousands of words the readout at every
+    position would dominate the cost of a step.
     """
 
     def __init__(self, net: Transformer):
@@ -166,6 +169,6 @@ class MaskedLM(nn.Module):
         self.net = net
 
     def forward(self, data: masking.MaskedCorpus) -> torch.Tensor:
-        h = self.net.hidden(data.inputs)[0]                                      # (B, L, d)
+        h = self.net.hidden(data.inputs, data.key_visible)[0]                    # (B, L, d)
         h = h.gather(1, data.query_pos[..., None].expand(-1, -1, h.shape[-1]))   # (B, m, d)
         return self.net.readout(h)                                                # (B, m, C)

@@ -93,6 +93,15 @@ def attention_by_topic(A, ids, topic, ref_len: int = 100) -> dict:
         ``same_token`` (same id, including i = j), ``same_topic`` (different ids),
         ``different_topic``, their pair counts ``n_*`` and ``ratio = same_topic / different_topic``.
     """
+    A, buckets = _attention_buckets(A, ids, topic)
+    A = A * A.shape[-1] / check_int("ref_len", ref_len, 1)
+    out = {k: float(A[m].mean()) for k, m in buckets.items()}
+    out |= {f"n_{k}": int(m.sum()) for k, m in buckets.items()}
+    return out | {"ratio": out["same_topic"] / out["different_topic"]}
+
+
+def _attention_buckets(A, ids, topic) -> tuple[torch.Tensor, dict]:
+    """Checked attention (B, L, L) and the masks of its three pair buckets, each (B, L, L)."""
     A, ids = torch.as_tensor(A, dtype=torch.float64), torch.as_tensor(ids)
     topic = _check_topic(topic)
     if ids.ndim != 2 or ids.min() < 0 or ids.max() >= len(topic):
@@ -103,15 +112,49 @@ def attention_by_topic(A, ids, topic, ref_len: int = 100) -> dict:
                          f"got {tuple(A.shape)}")
     if not torch.isfinite(A).all() or (A < 0).any():
         raise ValueError("A must hold attention weights: finite and non-negative")
-    A = A * A.shape[-1] / check_int("ref_len", ref_len, 1)
     both = (t[:, :, None] >= 0) & (t[:, None, :] >= 0)
     same_id = ids[:, :, None] == ids[:, None, :]
     same_topic = t[:, :, None] == t[:, None, :]
     buckets = {"same_token": both & same_id, "same_topic": both & same_topic & ~same_id,
                "different_topic": both & ~same_topic}
     _check_buckets(buckets, "topic[ids]")
-    out = {k: float(A[m].mean()) for k, m in buckets.items()}
-    out |= {f"n_{k}": int(m.sum()) for k, m in buckets.items()}
+    return A, buckets
+
+
+def attention_at_equal_distance(A, ids, topic) -> dict:
+    """Same- against different-topic attention, compared at equal query-key distance.
+
+    In real text nearby words share a topic more often than distant ones, and a model with
+    positions may favour nearby keys, so the pooled `attention_by_topic` ratio mixes topic with
+    locality. Here, for every distance ``delta = |i - j| >= 1``, the mean attention ``s_delta``
+    of same-topic pairs (different tokens) and ``d_delta`` of different-topic pairs are taken
+    separately and averaged over distances with the same weights, the same-topic pair counts
+    ``n_delta`` (distances lacking either kind of pair are skipped).
+
+    Parameters
+    ----------
+    A : array_like, shape (B, L, L)
+    ids : array_like of int, shape (B, L)
+    topic : array_like of int, shape (n_ids,)
+        As in `attention_by_topic`.
+
+    Returns
+    -------
+    dict
+        ``same_topic`` and ``different_topic`` (weighted means of ``A * L``, so uniform
+        attention reads 1) and ``ratio``.
+    """
+    A, buckets = _attention_buckets(A, ids, topic)
+    L = A.shape[-1]
+    dist = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).abs().expand_as(A)
+    means, counts = {}, {}
+    for name in ("same_topic", "different_topic"):
+        m = buckets[name]
+        counts[name] = torch.bincount(dist[m], minlength=L).double()
+        means[name] = torch.bincount(dist[m], weights=A[m] * L, minlength=L) / counts[name]
+    w = torch.where((counts["same_topic"] > 0) & (counts["different_topic"] > 0),
+                    counts["same_topic"], torch.zeros(L, dtype=torch.float64))
+    out = {k: float((w * torch.nan_to_num(x)).sum() / w.sum()) for k, x in means.items()}
     return out | {"ratio": out["same_topic"] / out["different_topic"]}
 
 
@@ -151,19 +194,31 @@ def permuted_gaps(G, topic, n_perm: int = 20, seed: int = 0, strata=None) -> np.
         The same-minus-different gap under each relabelling; a real gap far outside this spread
         is not an accident of the labels.
     """
+    rng = np.random.default_rng(check_int("seed", seed, 0))
+    return np.asarray([pair_means(G, shuffle_labels(topic, rng, strata))["gap"]
+                       for _ in range(check_int("n_perm", n_perm, 1))])
+
+
+def shuffle_labels(topic, rng: np.random.Generator, strata=None) -> np.ndarray:
+    """A copy of ``topic`` with its labels permuted among labelled ids (``>= 0``).
+
+    Parameters
+    ----------
+    topic : array_like of int, shape (n_ids,)
+        ``-1`` marks ids left out; they are never relabelled.
+    rng : numpy.random.Generator
+    strata : array_like of int, shape (n_ids,), optional
+        Permute only within groups of equal ``strata``.
+    """
     topic = np.asarray(topic)
     strata = np.zeros(len(topic), dtype=np.int64) if strata is None else np.asarray(strata)
     if strata.shape != topic.shape:
         raise ValueError(f"strata must have the shape of topic {topic.shape}, got {strata.shape}")
-    rng = np.random.default_rng(check_int("seed", seed, 0))
-    groups = [np.nonzero((topic >= 0) & (strata == s))[0] for s in np.unique(strata)]
-    gaps = []
-    for _ in range(check_int("n_perm", n_perm, 1)):
-        shuffled = topic.copy()
-        for idx in groups:
-            shuffled[idx] = rng.permutation(topic[idx])
-        gaps.append(pair_means(G, shuffled)["gap"])
-    return np.asarray(gaps)
+    shuffled = topic.copy()
+    for s in np.unique(strata):
+        idx = np.nonzero((topic >= 0) & (strata == s))[0]
+        shuffled[idx] = rng.permutation(topic[idx])
+    return shuffled
 
 
 def stage_time(steps, values, fraction: float = 0.5) -> int:

@@ -108,13 +108,20 @@ class SelfAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the attention output (B, L, d) and the pattern (B, H, L, L), rows summing to one."""
+    def forward(self, x: torch.Tensor, key_visible: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the attention output (B, L, d) and the pattern (B, H, L, L), rows summing to one.
+
+        ``key_visible`` (B, L), optional: keys a query may attend to (None: all of them).
+        """
         B, L, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)              # (B, L, 3d)
         qkv = qkv.view(B, L, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         Q, K, V = qkv[0], qkv[1], qkv[2]                                       # (B, H, L, d_h)
-        pattern = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1]), dim=-1)
+        scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])              # (B, H, L, L)
+        if key_visible is not None:
+            scores = scores.masked_fill(~key_visible[:, None, None, :], -math.inf)
+        pattern = torch.softmax(scores, dim=-1)
         out = (self.dropout(pattern) @ V).transpose(1, 2).reshape(B, L, d)    # (B, L, d)
         return self.out_proj(out), pattern
 
@@ -133,9 +140,13 @@ class EncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(cfg.dropout)    # on the attention branch
         self.dropout2 = nn.Dropout(cfg.dropout)    # on the feed-forward branch
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map (B, L, d) to (B, L, d); also return the attention pattern (B, H, L, L)."""
-        a, pattern = self.self_attn(x)
+    def forward(self, x: torch.Tensor, key_visible: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map (B, L, d) to (B, L, d); also return the attention pattern (B, H, L, L).
+
+        ``key_visible`` (B, L), optional: keys a query may attend to (None: all of them).
+        """
+        a, pattern = self.self_attn(x, key_visible)
         x = self.norm1(x + self.dropout1(a))
         x = self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
         return x, pattern
@@ -173,11 +184,16 @@ class Transformer(nn.Module):
         logits = self.readout(h.flatten(1) if self.cfg.task == "root" else h)
         return (logits, patterns) if return_attention else logits
 
-    def hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The last layer's token representations (B, L, d) and every layer's pattern (B, H, L, L)."""
+    def hidden(self, x: torch.Tensor, key_visible: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last layer's token representations (B, L, d) and every layer's pattern (B, H, L, L).
+
+        ``key_visible`` (B, L), optional: keys every layer may attend to (None: all of them);
+        chapter 7 hides masked positions this way.
+        """
         h = self.dropout(self.embed(x) + self.pe)                              # (B, L, d)
         patterns = []
         for layer in self.layers:
-            h, pattern = layer(h)
+            h, pattern = layer(h, key_visible)
             patterns.append(pattern)
         return h, patterns

@@ -55,27 +55,75 @@ def test_word_topics_recovers_disjoint_word_groups():
 def test_mask_text_uses_the_transformer_mask_id():
     ids = np.random.default_rng(1).integers(0, 50, size=(40, 32))
     data = text.mask_text(ids, 50, seed=0, copies=3)
-    assert data.inputs.shape == (120, 32) and bool(data.key_visible.all())
+    assert data.inputs.shape == (120, 32)
     valid = data.query_labels != masking.IGNORE
     q = data.inputs.gather(1, data.query_pos)[valid]
     assert q.max() <= 50 and (q == 50).float().mean() > 0.7
     # every position that is not a query keeps its token (copies are stacked: ids, ids, ids)
     queried = torch.zeros(120, 32, dtype=torch.long).scatter_add_(1, data.query_pos,
                                                                   valid.long()) > 0
+    assert torch.equal(data.key_visible, ~queried)             # queries are hidden as keys
     context = ~queried
     assert context.float().mean() > 0.5                         # the check sees most tokens
     assert torch.equal(data.inputs[context], torch.as_tensor(ids).repeat(3, 1)[context])
 
 
-def test_masked_lm_matches_the_full_forward():
+def _net():
     cfg = ModelConfig(vocab=31, seq_len=16, n_classes=30, task="mlm", d_model=16, n_layers=2,
                       n_heads=2, d_ff=32, dropout=0.0)
     torch.manual_seed(0)
-    net = Transformer(cfg).eval()
+    return Transformer(cfg).eval()
+
+
+def test_masked_lm_matches_the_full_forward_when_every_key_is_visible():
+    net = _net()
     data = text.mask_text(np.random.default_rng(2).integers(0, 30, size=(5, 16)), 30, seed=1)
+    data = masking.MaskedCorpus(data.inputs, torch.ones_like(data.key_visible), data.query_pos,
+                                data.query_labels)
     full = net(data.inputs)
     expected = full.gather(1, data.query_pos[..., None].expand(-1, -1, 30))
     assert torch.allclose(text.MaskedLM(net)(data), expected, atol=1e-5)
+
+
+def test_hidden_keys_get_no_attention_and_leak_nothing():
+    net = _net()
+    data = text.mask_text(np.random.default_rng(3).integers(0, 30, size=(6, 16)), 30,
+                          p_select=0.3, seed=2)
+    with torch.no_grad():
+        _, patterns = net.hidden(data.inputs, data.key_visible)
+        for P in patterns:                                        # (B, H, L, L)
+            assert torch.all(P.masked_select(~data.key_visible[:, None, None, :]
+                                             .expand_as(P)) == 0)
+            assert torch.allclose(P.sum(-1), torch.ones(P.shape[:-1]))
+        # Changing the token at one hidden position changes no other position's logits.
+        row = int(torch.nonzero(~data.key_visible.all(1))[0])
+        j = int(torch.nonzero(~data.key_visible[row])[0])
+        changed = data.inputs.clone()
+        changed[row, j] = (changed[row, j] + 1) % 30
+        h0 = net.hidden(data.inputs, data.key_visible)[0]
+        h1 = net.hidden(changed, data.key_visible)[0]
+    others = torch.arange(16) != j
+    assert torch.allclose(h0[row, others], h1[row, others], atol=1e-6)
+    assert not torch.allclose(h0[row, j], h1[row, j])
+
+
+def test_wiki_study_on_a_synthetic_corpus():
+    from lib import wiki_study
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 30, size=(40, 16))
+    topic = np.concatenate([np.arange(30) % 3, [-1, -1]])            # 30 words, UNK, mask
+    freq = np.bincount(ids[10:].ravel(), minlength=31)
+    prep = {"ids": ids, "held_out": np.arange(40) < 10, "n_classes": 31, "topic": topic,
+            "freq": freq + 1, "freq_bin": np.arange(31) % 2}
+    cfg = wiki_study.TextConfig(length=16, d_model=8, n_heads=2, d_ff=8, steps=3,
+                                batch_size=4, copies=1, n_perm=3)
+    out = wiki_study.run(cfg, prep, seed=0)
+    assert [(r["layer"], r["head"]) for r in out["attention"]] == [(0, 0), (0, 1), (1, 0),
+                                                                  (1, 1)]
+    assert all(r["null_sd"] > 0 and r["matched_ratio"] > 0 for r in out["attention"])
+    assert [r["matrix"] for r in out["embedding"]] == [
+        "input embedding", "output rows, centred"]
+    assert set(out["loss"]) == {"held_out_before", "held_out_after", "unigram"}
 
 
 def test_bad_parameters():

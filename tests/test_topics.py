@@ -354,3 +354,129 @@ def test_other_functions_reject_bad_parameters(corpus):
         masked_lm.evaluate(model, lda.unmasked(corpus[0][:3]))
     with pytest.raises(ValueError, match="ids must"):
         topic_stats.attention_by_topic(torch.zeros(1, 2, 2), torch.tensor([[0, 9]]), lda.topic_of_id(2, 2))
+
+
+# ----------------------------------------------------------------------------- authors' input block
+def test_input_norm_is_layernorm_of_one_hot_plus_token_type(corpus):
+    cfg = one_layer.TopicModelConfig(attention="uniform", input_norm=True)
+    model = one_layer.OneLayerModel(cfg, seed=2)
+    x = torch.eye(cfg.d) + model.t_0                                   # one-hot + t_0, (d, d)
+    expected = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False,
+                                                                keepdim=True) + 1e-12)
+    assert torch.allclose(model.inputs(), expected, atol=1e-5)
+    trainable = {n for n, p in model.named_parameters()}
+    assert trainable == {"W_V", "b_V", "t_0", "norm.weight", "norm.bias"}
+    # the rest of the initialisation is unchanged by the switch
+    plain = one_layer.OneLayerModel(one_layer.TopicModelConfig(attention="uniform"), seed=2)
+    assert torch.equal(plain.W_V, model.W_V)
+    data = lda.mask_corpus(corpus[0][:20], T, V_PER, seed=11)
+    with torch.no_grad():
+        logits, A = model(data, return_attention=True)
+        ref_logits, ref_A = _positional_forward(model, data)
+    assert torch.allclose(logits, ref_logits, atol=1e-4) and torch.allclose(A, ref_A, atol=1e-6)
+    with pytest.raises(ValueError, match="input_norm"):
+        one_layer.TopicModelConfig(input_norm=1)
+
+
+# ----------------------------------------------------------------------------- evaluation, stopping
+def test_evaluate_batch_average_is_the_mean_of_batch_means(corpus):
+    data = lda.mask_corpus(corpus[0][:30], T, V_PER, seed=12)
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig(), seed=0)
+    with torch.no_grad():
+        means = [float(masked_lm.loss(model, data.batch(slice(s, s + 8))))
+                 for s in range(0, 30, 8)]
+        per_token = masked_lm.loss(model, data).item()
+    assert masked_lm.evaluate(model, data, batch_size=8, average="batch") == pytest.approx(
+        np.mean(means), rel=1e-6)
+    assert masked_lm.evaluate(model, data, batch_size=8) == pytest.approx(per_token, rel=1e-5)
+    with pytest.raises(ValueError, match="average"):
+        masked_lm.evaluate(model, data, average="document")
+
+
+def test_train_stops_when_told(corpus):
+    data = lda.mask_corpus(corpus[0][:80], T, V_PER, seed=13)
+    model = one_layer.OneLayerModel(one_layer.TopicModelConfig(attention="uniform"), seed=0)
+    hist = masked_lm.train(model, data, 100, lr=1e-2, record_every=10, progress=False,
+                           stop=lambda rows: rows[-1]["step"] >= 30)
+    assert hist["step"].tolist() == [0, 10, 20, 30]
+
+
+def test_authors_early_stopping_rule():
+    from lib import authors_demo
+    stop = authors_demo.early_stop(authors_demo.DemoConfig())         # 250 steps per epoch
+    rows = [{"step": 0, "dev_loss": 4.8}, {"step": 1000, "dev_loss": 3.395}]
+    assert not stop(rows)                                           # an improvement
+    rows.append({"step": 2000, "dev_loss": 3.40})                    # best 4 epochs back
+    assert not stop(rows)
+    rows.append({"step": 3000, "dev_loss": 3.40})                    # best 8 epochs back
+    assert stop(rows)
+    rows.append({"step": 4000, "dev_loss": 3.39})                    # a new best never stops
+    assert not stop(rows)
+
+
+def test_authors_demo_run_on_a_tiny_corpus():
+    from lib import authors_demo
+    cfg = authors_demo.DemoConfig(n_train=80, n_dev=40, max_epochs=6, eval_every=4)
+    out = authors_demo.run(cfg, seed=1, input_norm=True)
+    hist = out["history"]
+    assert out["dev_loss"] == pytest.approx(min(hist["dev_loss"]))
+    assert out["best_step"] == hist["step"][int(np.argmin(hist["dev_loss"]))]
+    assert out["steps"] <= 6 * 2 and out["seeds"] == authors_demo.seeds(1)
+    assert out["dev_loss"] < hist["dev_loss"][0]
+    named = authors_demo.seeds(0)                                    # corpora and masks differ
+    assert len({named[k] for k in ("train_data", "dev_data", "train_mask", "dev_mask")}) == 4
+    with pytest.raises(ValueError, match="seed"):
+        authors_demo.seeds(-1)
+
+
+def test_two_stage_budget_and_run():
+    from lib import two_stage
+    cfg = two_stage.StageConfig(n_train=80, n_eval=5, reference=(("adam", (1e-2, 20)),
+                                                                  ("sgd", (40.0, 20))),
+                                n_records=4)
+    assert cfg.budget("adam", 5e-3) == 40 and cfg.budget("sgd", 80.0) == 10
+    assert len(cfg.runs()) == 6 * len(cfg.seeds) and two_stage.key("sgd", 40.0, 2) == "sgd_lr40_s2"
+    hist = two_stage.run(cfg, "sgd", 40.0, seed=0)
+    assert hist["step"].tolist() == [0, 5, 10, 15, 20]
+    assert hist["value gap"].iloc[-1] > hist["value gap"].iloc[0]
+    with pytest.raises(ValueError, match="optimizer"):
+        two_stage.run(cfg, "rmsprop", 1.0, seed=0)
+    with pytest.raises(ValueError, match="lr"):
+        cfg.budget("adam", -1.0)
+
+
+# ----------------------------------------------------------------------------- attention by distance
+def test_attention_at_equal_distance_removes_locality():
+    # Topics in runs of 4 positions; attention weights depend on distance only: the pooled
+    # ratio exceeds 1 because same-topic pairs are nearer, the distance-matched ratio is 1.
+    L = 16
+    ids = torch.arange(L)[None, :] + lda.N_SPECIAL                     # 16 distinct words
+    topic = lda.topic_of_id(4, 4)
+    dist = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).abs().double()
+    local = torch.exp(-dist)[None]                                    # (1, L, L)
+    assert topic_stats.attention_by_topic(local, ids, topic)["ratio"] > 2
+    assert topic_stats.attention_at_equal_distance(local, ids, topic)["ratio"] == pytest.approx(1)
+    # Doubling every same-topic weight doubles the matched ratio.
+    same = torch.as_tensor(topic[ids[0]][:, None] == topic[ids[0]][None, :])
+    boosted = local * torch.where(same, 2.0, 1.0)
+    out = topic_stats.attention_at_equal_distance(boosted, ids, topic)
+    assert out["ratio"] == pytest.approx(2.0)
+    uniform = torch.full((1, L, L), 1 / L, dtype=torch.float64)
+    assert topic_stats.attention_at_equal_distance(uniform, ids, topic)["same_topic"] == \
+        pytest.approx(1.0)
+    with pytest.raises(ValueError, match="A must"):
+        topic_stats.attention_at_equal_distance(uniform[:, :3], ids, topic)
+
+
+def test_shuffle_labels_permutes_within_strata_only():
+    topic = np.array([-1, 0, 0, 1, 1, 2, 2, -1])
+    strata = np.array([0, 0, 1, 0, 1, 0, 1, 1])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = topic_stats.shuffle_labels(topic, rng, strata)
+        assert np.array_equal(out[topic < 0], topic[topic < 0])
+        for s in (0, 1):
+            idx = (strata == s) & (topic >= 0)
+            assert sorted(out[idx]) == sorted(topic[idx])
+    with pytest.raises(ValueError, match="strata"):
+        topic_stats.shuffle_labels(topic, rng, strata[:3])
