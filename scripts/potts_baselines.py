@@ -7,7 +7,8 @@ sequence masked in turn) minus the optimum, the true conditionals' loss on that 
   over the keys (`lib.factored_attention`), full-batch L-BFGS, ridge ``lam_factored``, on every
   training-set size of ``sweep_M`` (down to alpha = M / L = 0.5) and on three coupling instances:
   ``A0`` (the chapter's), ``A1`` (another draw of the signed couplings), ``B`` (non-negative ring
-  couplings with equal row sums, the softmax-compatible case);
+  couplings with equal row sums, the softmax-compatible case); on ``A0`` and ``A1`` also with the
+  larger ridges ``sweep_lams`` (column ``lam``; empty: ``lam_factored``);
 - ``plm_full``: the standard pseudo-likelihood fit with unconstrained couplings and fields
   (plmDCA, `lib.pseudolikelihood.fit_full_pseudolikelihood`), every ridge of ``plm_lams`` (the
   chapter picks the one with the best validation loss), instance ``A0``;
@@ -16,7 +17,8 @@ sequence masked in turn) minus the optimum, the true conditionals' loss on that 
 
 Training sets smaller than ``rep_below`` are ``n_rep`` disjoint blocks of the training sample
 (``rep`` = block); larger ones are its prefixes, as in the chapter. Rows are appended to
-``baselines_<profile>.csv`` as they finish; a rerun skips the rows already there (resumable). ``baselines_<profile>.json`` records the configuration, the code
+``baselines_<profile>.csv`` as they finish; a rerun skips the rows already there (resumable).
+``baselines_<profile>.json`` records the configuration, the code
 (`lib.provenance.code_state`), the environment and the CPU time. Run it from a clean worktree of
 a commit, writing into the main checkout:
 
@@ -31,7 +33,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +67,12 @@ class Config:
     rep_below: int = 128
     softmax_instances: tuple = ("A0", "B")
     lam_factored: float = 1e-4
+    sweep_lams: tuple = (1e-2,)           # more ridges of the factored layer, sweep instances
+    sweep_instances: tuple = ("A0", "A1")
     plm_lams: tuple = (1e-3, 3e-3, 1e-2, 3e-2)
-    # vanilla encoders, instance A0 (run in this order; 2 layers last, as time allows)
+    # vanilla encoders, instance A0 (--M and --layers choose which run now)
     vanilla_M: tuple = (512, 2048, 8192)
-    vanilla_layers: tuple = (1, 4, 2)
+    vanilla_layers: tuple = (1, 2, 4)
     seeds: tuple = (0, 1, 2)              # init, batch and mask seed of a vanilla run
     d_model: int = 32
     n_heads: int = 4
@@ -82,6 +86,11 @@ class Config:
     n_decays: int = 1
     min_delta: float = 1e-3
 
+
+#: the `paper` profile: chapter 6's paper-profile samples, wider vanilla encoders (not run)
+PAPER = dict(M_max=32768, n_chains=4096, n_test=5000, sweep_M=(10, 20, 40, 80, *(2**k for k in
+             range(7, 16))), vanilla_M=(512, 2048, 8192, 32768), d_model=64, d_ff=256,
+             max_steps=40000)
 
 KEY = ("model", "instance", "M", "rep", "n_layers", "seed", "lam")
 FIELDS = (*KEY, "beta", "test_loss", "optimum", "excess", "val_loss", "coupling_error",
@@ -109,9 +118,9 @@ def nll(logp: np.ndarray, s: np.ndarray) -> float:
     return -float(np.take_along_axis(logp, s[:, :, None], axis=2).mean())
 
 
-def fit_factored(cfg, data, s, softmax: bool) -> dict:
+def fit_factored(cfg, data, s, softmax: bool, lam: float) -> dict:
     layer = factored_attention.FactoredAttention(cfg.L, cfg.q, softmax=softmax).double()
-    factored_attention.fit_factored(layer, s, lam=cfg.lam_factored)
+    factored_attention.fit_factored(layer, s, lam=lam)
     A, V = layer.attention().detach().numpy(), layer.V.detach().numpy()
     return {"test_loss": nll(potts.log_conditionals(A, V, data["s"]["test"]),
                              data["s"]["test"]),
@@ -151,7 +160,10 @@ def jobs(cfg: Config, vanilla_layers, vanilla_M):
             for rep in range(n_reps(cfg, M)):
                 for model in models:
                     yield (dict(model=model, instance=name, M=M, rep=rep),
-                           fit_factored, (model == "factored_softmax",))
+                           fit_factored, (model == "factored_softmax", cfg.lam_factored))
+                for lam in cfg.sweep_lams if name in cfg.sweep_instances else ():
+                    yield (dict(model="factored", instance=name, M=M, rep=rep, lam=lam),
+                           fit_factored, (False, lam))
     for M in cfg.sweep_M:
         for rep in range(n_reps(cfg, M)):
             for lam in cfg.plm_lams:
@@ -179,7 +191,8 @@ def main():
     parser.add_argument("--M", type=int, nargs="*", help="vanilla training-set sizes to run now")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg, profile = Config(), provenance.profile()
+    profile = provenance.profile()
+    cfg = Config() if profile == "laptop" else replace(Config(), **PAPER)
     csv_path = args.out / f"baselines_{profile}.csv"
     json_path = args.out / f"baselines_{profile}.json"
     record = json.loads(json.dumps(asdict(cfg)))
