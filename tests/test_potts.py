@@ -385,3 +385,88 @@ def test_vanilla_baseline_is_seeded_and_masked_logits_never_leak():
     t[:, 2] = (t[:, 2] + 1) % Q                                         # change only the masked target
     torch.testing.assert_close(potts_mlm.masked_logits(a, t, Q)[:, 2], logits[:, 2], rtol=0, atol=0)
     assert not torch.allclose(potts_mlm.masked_logits(a, t, Q)[:, 0], logits[:, 0])   # other sites see it
+
+
+# --- the identity against the energy, computed independently ----------------------------------------
+
+def energy_loss(J, U, beta, s):
+    """-(1/(nL)) sum log p(s_i | s_-i), each conditional from the q energies E(s with s_i = a)."""
+    return -np.take_along_axis(conditionals_from_energy(J, U, beta, s), s[:, :, None], 2).mean()
+
+
+def test_factored_mlm_conditionals_and_gradients_equal_brute_force_energy_differences(model):
+    # Every conditional, for every colour a (not only the observed one), of the layer run with site i
+    # masked, against softmax_a(-beta E(s with s_i = a)) from the Hamiltonian alone; then the
+    # gradient of the MLM loss against finite differences of that energy-based loss along
+    # symmetric directions of J and U (the directions in which a Potts model can move).
+    J, U, beta = model
+    s = np.random.default_rng(7).integers(Q, size=(60, L))             # any sequences, not samples
+    layer = set_layer(J, U, beta)
+    logits = potts_mlm.masked_logits(layer, torch.as_tensor(s), Q)
+    brute = conditionals_from_energy(J, U, beta, s)
+    np.testing.assert_allclose(torch.log_softmax(logits, -1).detach().numpy(), brute, rtol=0, atol=1e-12)
+    loss = potts_mlm.mlm_loss(layer, torch.as_tensor(s), Q)
+    assert abs(loss.item() - energy_loss(J, U, beta, s)) < 1e-13
+    loss.backward()
+    gA, gV = layer.scores.grad.numpy(), layer.V.grad.numpy()
+    h = 1e-5
+    for i, j in [(0, 1), (1, 3), (2, 3)]:
+        E = np.zeros((L, L))
+        E[i, j] = E[j, i] = 1.0
+        fd = (energy_loss(J + h * E, U, beta, s) - energy_loss(J - h * E, U, beta, s)) / (2 * h)
+        assert abs(fd - beta * (gA[i, j] + gA[j, i])) < 1e-8
+    for a, b in [(0, 0), (0, 2), (1, 2)]:
+        E = np.zeros((Q, Q))
+        E[a, b] = E[b, a] = 1.0
+        fd = (energy_loss(J, U + h * E, beta, s) - energy_loss(J, U - h * E, beta, s)) / (2 * h)
+        assert abs(fd - (gV[a, b] + gV[b, a]) * (1 if a != b else 0.5)) < 1e-8
+    # a wrong temperature is caught: the check can fail
+    assert abs(loss.item() - energy_loss(J, U, 1.1 * beta, s)) > 1e-3
+
+
+def test_full_pseudolikelihood_embeds_the_potts_model_and_has_exact_gradients(model):
+    J, U, beta = model
+    s = np.random.default_rng(8).integers(Q, size=(40, L))
+    W = np.einsum("ij,ab->iajb", beta * J, U)
+    logp = pseudolikelihood.full_log_conditionals(W, np.zeros((L, Q)), s)
+    np.testing.assert_allclose(logp, conditionals_from_energy(J, U, beta, s), rtol=0, atol=1e-12)
+    rng = np.random.default_rng(9)
+    W, b = rng.standard_normal((L, Q, L, Q)), rng.standard_normal((L, Q))
+    _, dW, db = pseudolikelihood.full_pl_objective(W, b, s, lam=0.2)
+    h = 1e-6
+    for X, dX, idx in ((W, dW, (0, 1, 2, 0)), (W, dW, (3, 2, 1, 1)), (b, db, (2, 1))):
+        X[idx] += h
+        up = pseudolikelihood.full_pl_objective(W, b, s, lam=0.2)[0]
+        X[idx] -= 2 * h
+        down = pseudolikelihood.full_pl_objective(W, b, s, lam=0.2)[0]
+        X[idx] += h
+        assert abs((up - down) / (2 * h) - dX[idx]) < 1e-7
+    assert np.all(dW[1, :, 1, :] == 0)                                  # no self-coupling
+
+
+def test_full_pseudolikelihood_fit_approaches_the_optimum_and_checks_arguments(model):
+    J, U, beta = model
+    s = potts.sample(J, U, beta, 3000, burn_in=20, seed=13)
+    test = potts.sample(J, U, beta, 2000, burn_in=20, seed=14)
+    W, b = pseudolikelihood.fit_full_pseudolikelihood(s, Q, lam=1e-3)
+    logp = pseudolikelihood.full_log_conditionals(W, b, test)
+    excess = -np.take_along_axis(logp, test[:, :, None], 2).mean() - energy_loss(J, U, beta, test)
+    assert 0 < excess < 0.02                     # 84 parameters, 12,000 targets: close, not below
+    with pytest.raises(ValueError, match="W must have shape"):
+        pseudolikelihood.full_pl_objective(W[:, :, :2], b, s)
+    with pytest.raises(ValueError, match="h must have shape"):
+        pseudolikelihood.full_log_conditionals(W, b[0], s)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0"):
+        pseudolikelihood.fit_full_pseudolikelihood(s, Q, lam=-1.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        pseudolikelihood.full_pl_objective(W * np.nan, b, s)
+
+
+def test_ring_couplings_are_softmax_compatible_and_checked():
+    J, U = potts.ring_couplings(7, 3, r=2, seed=1)
+    potts.check_potts(J, U, 1.0)
+    np.testing.assert_allclose(J.sum(axis=1), 1.0)
+    assert np.all(J >= 0) and np.count_nonzero(J[0]) == 4 and J[0, 1] == J[0, 6] == 0.25
+    assert np.array_equal(U, potts.ring_couplings(7, 3, r=1, seed=1)[1])
+    with pytest.raises(ValueError, match="r must be in 1..3"):
+        potts.ring_couplings(7, 3, r=4)
