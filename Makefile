@@ -59,9 +59,10 @@ benchmark: setup
 PROFILE ?= laptop
 EXECUTOR ?= local
 JOBS ?= 2
+SWEEP ?= chapter4
 models: setup
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/regenerate_models.py --profile $(PROFILE) \
-	  --executor $(EXECUTOR) --jobs $(JOBS)
+	  --executor $(EXECUTOR) --jobs $(JOBS) --sweep $(SWEEP)
 
 clean:
 	rm -rf _build build .jupyter_cache

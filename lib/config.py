@@ -30,7 +30,7 @@ SCHEDULES = ("cosine", "plateau")
 #: before the field existed, so that older entries keep their keys. Frozen: never edit a value.
 LEGACY_FIELDS = {"checkpoints": (), "schedule": "cosine", "patience": 4, "lr_decay": 0.5,
                  "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2, "val_every": 500,
-                 "restore_best": False}
+                 "restore_best": False, "init_from": None, "freeze_encoder": False}
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,12 @@ class TrainConfig:
         ``"plateau"`` only: end with the weights of the lowest validation loss (early stopping on
         a fixed training set, where the last weights may have overfitted); the final test
         evaluation scores those.
+    init_from : str or None
+        Root runs only: the store key (`lib.store.key`) of a masked-token run of the same
+        encoder shape whose embedding and layers initialise this run (MLM pre-training); the
+        readout starts from ``init_seed``. ``None``: trained from scratch.
+    freeze_encoder : bool
+        With ``init_from``: train the readout only (a frozen pre-trained encoder).
     """
 
     model: ModelConfig
@@ -106,6 +112,8 @@ class TrainConfig:
     val_seed: int = 2
     val_every: int = 500
     restore_best: bool = False
+    init_from: str | None = None
+    freeze_encoder: bool = False
 
     def __post_init__(self):
         check_int("depth", self.depth, 1)
@@ -148,6 +156,18 @@ class TrainConfig:
                                                       self.schedule != "plateau"):
             raise ValueError(f"restore_best must be a bool and needs schedule='plateau', got "
                              f"{self.restore_best!r} with schedule={self.schedule!r}")
+        self._check_pretraining()
+
+    def _check_pretraining(self) -> None:
+        if self.init_from is not None and (
+                self.model.task != "root" or not isinstance(self.init_from, str)
+                or len(self.init_from) != 16 or set(self.init_from) - set("0123456789abcdef")):
+            raise ValueError(f"init_from must be None or the 16-hex-digit store key of a "
+                             f"masked-token run (root runs only), got {self.init_from!r}")
+        if not isinstance(self.freeze_encoder, bool) or (self.freeze_encoder
+                                                         and self.init_from is None):
+            raise ValueError(f"freeze_encoder must be a bool and needs init_from, got "
+                             f"{self.freeze_encoder!r} with init_from={self.init_from!r}")
 
     @property
     def task(self) -> str:

@@ -7,7 +7,8 @@ lowest loss on a held-out validation set (``n_val`` sequences, used only to choo
 and not counted in ``P``). Every run is then tested on the same ``N_TEST`` held-out sequences of
 level ``k`` as exact BP(k, k). :func:`table` gathers the stored runs into one row each
 (``data/sample_complexity.csv``), and :func:`p_star` reads off the smallest ``P`` within ``eps``
-of BP. Introduced in chapter 4.
+of BP. The same grid at ``k = 0`` is trained again from chapter 4's masked-token encoder, frozen
+or fine-tuned (the paper's pre-training comparison). Introduced in chapter 4.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lib import reference, store
-from lib.config import TrainConfig, converged_config
+from lib.config import TrainConfig, chapter4_runs, converged_config
 from lib.provenance import PROFILES
 from lib.tree import BOOK_SETTING
 from lib.validate import check_real
@@ -48,13 +49,36 @@ def run_config(profile: str, k: int, P: int, seed: int) -> TrainConfig:
     return replace(cfg, n_train=P, eval_every=cfg.n_steps, **EARLY_STOPPING)
 
 
+def pretrained_config(profile: str, P: int, seed: int, frozen: bool) -> TrainConfig:
+    """:func:`run_config` at ``k = 0`` from chapter 4's converged masked-token encoder
+    (``mlm_k0``, its layer count), readout trained alone (``frozen``) or everything fine-tuned."""
+    source = chapter4_runs(profile)["mlm_k0"]
+    cfg = run_config(profile, 0, P, seed)
+    return replace(cfg, model=replace(cfg.model, n_layers=source.model.n_layers),
+                   init_from=store.key(source), freeze_encoder=frozen)
+
+
 def runs(profile: str) -> dict[str, TrainConfig]:
-    """The sweep, by name ``root_k{k}_P{P}_s{seed}``, smallest ``P`` first (the cheapest runs,
+    """The sweep, by name: ``root_k{k}_P{P}_s{seed}`` (from scratch), then
+    ``pretrained_{frozen,finetuned}_k0_P{P}_s{seed}``; smallest ``P`` first (the cheapest runs,
     and a complete seed-0 curve before the replicas)."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    return {f"root_k{k}_P{P}_s{seed}": run_config(profile, k, P, seed)
-            for seed in SEEDS for P in SIZES[profile] for k in range(BOOK_SETTING["depth"] + 1)}
+    out = {f"root_k{k}_P{P}_s{seed}": run_config(profile, k, P, seed)
+           for seed in SEEDS for P in SIZES[profile] for k in range(BOOK_SETTING["depth"] + 1)}
+    for seed in SEEDS:
+        for P in SIZES[profile]:
+            for mode in ("frozen", "finetuned"):
+                out[f"pretrained_{mode}_k0_P{P}_s{seed}"] = pretrained_config(
+                    profile, P, seed, mode == "frozen")
+    return out
+
+
+def label(cfg: TrainConfig) -> str:
+    """The table's task label: ``root``, ``root_pretrained_frozen`` or ``root_pretrained_finetuned``."""
+    if cfg.init_from is None:
+        return cfg.task
+    return f"{cfg.task}_pretrained_{'frozen' if cfg.freeze_encoder else 'finetuned'}"
 
 
 def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
@@ -73,7 +97,7 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
             ref = reference.bp_reference(cfg)
             for k in range(cfg.depth + 1):
                 bp_acc[k, cfg.n_test] = ref.query("k_model == @k and k_test == @k").accuracy.item()
-        rows.append({"task": cfg.task, "k": cfg.k_train, "P": cfg.n_train, "seed": cfg.init_seed,
+        rows.append({"task": label(cfg), "k": cfg.k_train, "P": cfg.n_train, "seed": cfg.init_seed,
                      "n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
                      "bp_accuracy": bp_acc[cfg.k_train, cfg.n_test],
                      "best_step": meta["best_step"], "stop_step": meta["stop_step"],

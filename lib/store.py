@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from lib import train
-from lib.config import LEGACY_FIELDS, TrainConfig
+from lib.config import LEGACY_FIELDS, TrainConfig, from_record
 from lib.provenance import code_state
 from lib.resume import atomic_write, cpu_state
 from lib.transformer import Transformer
@@ -186,6 +186,36 @@ def load(cfg: TrainConfig, root: Path = STORE):
     stem, meta = entry
     model = _model(cfg, torch.load(f"{stem}.pt", weights_only=True))
     return model, pd.read_csv(f"{stem}.csv"), meta["provenance"]
+
+
+def pretrained_state(cfg: TrainConfig, root: Path = STORE) -> dict | None:
+    """The stored weights of the masked-token run ``cfg.init_from`` (``None`` without one).
+
+    Raises
+    ------
+    MissingEntry
+        If the store at ``root`` has no current entry under that key.
+    ValueError
+        If that run is not a masked-token run of the same encoder shape and grammar.
+    """
+    if cfg.init_from is None:
+        return None
+    stem = Path(root) / cfg.init_from
+    if not Path(f"{stem}.json").exists():
+        raise MissingEntry(f"the model store has no pre-trained run {cfg.init_from}; train it "
+                           f"first (python scripts/regenerate_models.py)")
+    source = from_record(json.loads(Path(f"{stem}.json").read_text())["config"])
+    if status(source, root) != "ok":
+        raise MissingEntry(f"pre-trained run {cfg.init_from}: {status(source, root)}")
+    shape = ("seq_len", "d_model", "n_layers", "n_heads", "d_ff", "n_classes")
+    if source.task != "mlm" or any(getattr(source.model, f) != getattr(cfg.model, f)
+                                   for f in shape) or (source.q, source.depth, source.sigma,
+                                                       source.grammar_seed) != (
+            cfg.q, cfg.depth, cfg.sigma, cfg.grammar_seed):
+        raise ValueError(f"init_from {cfg.init_from} must be a masked-token run with the "
+                         f"encoder shape {[getattr(cfg.model, f) for f in shape]} and grammar "
+                         f"of this run")
+    return torch.load(f"{stem}.pt", weights_only=True)
 
 
 def load_checkpoints(cfg: TrainConfig, root: Path = STORE) -> dict[int, Transformer] | None:

@@ -84,7 +84,8 @@ def run_job(name: str, cfg: TrainConfig, root: Path = store.STORE, threads: int 
     with _lock(progress.with_suffix("").with_suffix(".lock")):
         model, history, info, checkpoints = train.train(
             cfg, progress=False, partial=partial, report=lambda now: progress.write_text(
-                json.dumps(now)), amp=amp, keep_partial=True)
+                json.dumps(now)), amp=amp, keep_partial=True,
+            encoder=store.pretrained_state(cfg))
         store.save(cfg, model, history, info, checkpoints, root=root, allow_dirty=allow_dirty,
                    code=code)
         for path in (partial, progress):

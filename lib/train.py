@@ -194,6 +194,19 @@ def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> None:
     opt.step()
 
 
+def _load_encoder(model: Transformer, encoder: dict, freeze: bool) -> None:
+    """Copy a masked-token model's embedding and layers into a root model (the mask id's
+    embedding row is dropped); with ``freeze`` only the readout stays trainable."""
+    state = {n: t for n, t in encoder.items() if not n.startswith("readout.")}
+    state["embed.weight"] = state["embed.weight"][:model.cfg.vocab]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"readout.weight", "readout.bias"}:
+        raise ValueError(f"encoder does not fit the model: missing {missing}, unexpected "
+                         f"{unexpected}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(not freeze or name.startswith("readout."))
+
+
 def _validation_loss(model: Transformer, val) -> float:
     """Mean cross-entropy (nats) on the validation set (every position, for masked tokens)."""
     logp = log_probs(model, val[1]).numpy()
@@ -213,7 +226,7 @@ def _log(cfg: TrainConfig, model, tests, refs, state: dict, step: int, final: bo
 def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
           partial: str | Path | None = None, stop_at: int | None = None,
           report: Callable[[dict], None] | None = None, amp: bool = False,
-          keep_partial: bool = False):
+          keep_partial: bool = False, encoder: dict | None = None):
     """Train one model from scratch, or resume it from a partial run.
 
     Parameters
@@ -235,6 +248,9 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         Called after every evaluation with ``{"step", "n_steps", "accuracy", "lr_factor"}``.
     amp : bool
         bfloat16 autocast in the training forward pass (for GPUs; evaluation stays float32).
+    encoder : dict, optional
+        The state dict of the pre-trained run ``cfg.init_from`` (`lib.store.pretrained_state`);
+        required exactly when ``cfg.init_from`` is set.
 
     Returns
     -------
@@ -260,9 +276,14 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     M, tests, val, exclude = _data(cfg)
     refs = {k: bp_posteriors(cfg, M, leaves) for k, (_, leaves) in tests.items()}
+    if (cfg.init_from is None) != (encoder is None):
+        raise ValueError(f"encoder must be given exactly when cfg.init_from is set, got "
+                         f"init_from={cfg.init_from!r} and encoder {type(encoder).__name__}")
     torch.manual_seed(cfg.init_seed)
     model = Transformer(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if encoder is not None:
+        _load_encoder(model, encoder, cfg.freeze_encoder)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     masks = torch.Generator().manual_seed(cfg.mask_seed)
     plateau = schedule.Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
     state = {"step": 0, "rows": [], "states": {}, "train_s": 0.0, "eval_s": 0.0}

@@ -6,24 +6,34 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, reference, sample_complexity as sc, store, sweep
+from lib import config, reference, sample_complexity as sc, store, sweep, train
 
 torch.set_num_threads(1)
 
 
 def test_runs_differ_only_in_level_size_and_seeds():
     runs = sc.runs("laptop")
-    assert len(runs) == 5 * len(sc.SIZES["laptop"]) * len(sc.SEEDS)
+    assert sum(n.startswith("root") for n in runs) == 5 * len(sc.SIZES["laptop"]) * len(sc.SEEDS)
     assert max(sc.SIZES["laptop"]) / min(sc.SIZES["laptop"]) >= 64
     assert list(runs)[:2] == ["root_k0_P512_s0", "root_k1_P512_s0"]      # cheapest first
     base = runs["root_k0_P512_s0"]
     assert base.restore_best and base.schedule == "plateau" and base.n_test == sc.N_TEST >= 20_000
     for name, cfg in runs.items():
+        if name.startswith("pretrained"):
+            continue
         k, P, seed = (int(part[1:]) for part in name.split("_")[1:])
         assert cfg == replace(base, k_train=k, n_train=P, init_seed=seed, data_seed=seed)
     # the same held-out test sequences for every run, hence one BP reference per level
     assert len({(c.test_seed, c.n_test, c.grammar_seed) for c in runs.values()}) == 1
-    assert len(sc.runs("paper")) == 5 * 12 * 3
+    pre = {n: c for n, c in sc.runs("laptop").items() if n.startswith("pretrained")}
+    assert len(pre) == 2 * len(sc.SIZES["laptop"]) * len(sc.SEEDS) and len(runs) == 105 + 42
+    source = config.chapter4_runs("laptop")["mlm_k0"]
+    for name, cfg in pre.items():
+        assert cfg.init_from == store.key(source) and cfg.k_train == 0
+        assert cfg.freeze_encoder == ("frozen" in name)
+        assert sc.label(cfg) == "root_pretrained_" + name.split("_")[1]
+        assert cfg.model == replace(base.model, n_layers=source.model.n_layers)
+    assert len(sc.runs("paper")) == (5 + 2) * 12 * 3
     with pytest.raises(ValueError, match="profile must be one of"):
         sc.runs("desktop")
 
@@ -82,3 +92,63 @@ def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
 def test_p_star_rejects_bad_input(eps, rows, match):
     with pytest.raises(ValueError, match=match):
         sc.p_star(pd.DataFrame(rows), eps)
+
+
+# MLM pre-training: a root run that starts from a stored masked-token encoder
+
+def pretrained_pair(tmp_path):
+    """A stored tiny masked-token run and root runs of the same shape that start from it."""
+    runs = config.tiny_runs()
+    source = replace(runs["tiny_mlm"], n_steps=40, checkpoints=())
+    sweep.run({"src": source}, "inline", root=tmp_path, progress=False)
+    root = replace(runs["tiny_root"], n_steps=30, checkpoints=(0, 30), init_from=store.key(source))
+    return source, root
+
+
+def test_a_pretrained_run_starts_from_the_encoder_and_freezing_trains_the_readout_only(
+        tmp_path, clean):
+    source, cfg = pretrained_pair(tmp_path)
+    encoder = store.pretrained_state(cfg, tmp_path)
+    start = {}
+    for frozen in (False, True):
+        run = replace(cfg, freeze_encoder=frozen)
+        model, _, _, states = train.train(run, progress=False, encoder=encoder)
+        start[frozen] = states[0]
+        for name, tensor in states[0].items():           # step 0: the encoder, a fresh readout
+            if name == "embed.weight":
+                assert torch.equal(tensor, encoder[name][:source.q])    # no mask-id row
+            elif not name.startswith("readout."):
+                assert torch.equal(tensor, encoder[name])
+        moved = {n for n, t in model.state_dict().items() if not torch.equal(t, states[0][n])}
+        assert moved == ({"readout.weight", "readout.bias"} if frozen
+                         else set(model.state_dict()) - {"pe"})
+    # the readout's initialisation comes from init_seed, the same with and without freezing
+    assert torch.equal(start[True]["readout.weight"], start[False]["readout.weight"])
+
+
+def test_pretraining_needs_its_stored_run_of_the_same_shape(tmp_path, clean):
+    source, cfg = pretrained_pair(tmp_path)
+    with pytest.raises(ValueError, match="encoder must be given exactly when"):
+        train.train(cfg, progress=False)
+    with pytest.raises(ValueError, match="encoder must be given exactly when"):
+        train.train(replace(cfg, init_from=None), progress=False, encoder={})
+    with pytest.raises(store.MissingEntry, match="no pre-trained run"):
+        store.pretrained_state(replace(cfg, init_from="0" * 16), tmp_path)
+    wide = replace(cfg, model=replace(cfg.model, d_ff=32))
+    with pytest.raises(ValueError, match="must be a masked-token run with the encoder shape"):
+        store.pretrained_state(wide, tmp_path)
+    assert store.pretrained_state(replace(cfg, init_from=None), tmp_path) is None
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"init_from": "abc"}, "init_from must be None or the 16-hex-digit store key"),
+    ({"init_from": "G" * 16}, "init_from must be None"),
+    ({"freeze_encoder": True}, "freeze_encoder must be a bool and needs init_from"),
+    ({"init_from": "0" * 16, "freeze_encoder": 1}, "freeze_encoder must be a bool"),
+])
+def test_bad_pretraining_settings_raise(fields, match):
+    with pytest.raises(ValueError, match=match):
+        replace(config.tiny_runs()["tiny_root"], **fields)
+    if "init_from" in fields:                                   # root runs only
+        with pytest.raises(ValueError, match="init_from must be None"):
+            replace(config.tiny_runs()["tiny_mlm"], init_from="0" * 16)
