@@ -169,8 +169,8 @@ def jobs(cfg: Config, vanilla_layers, vanilla_M):
             for lam in cfg.plm_lams:
                 yield dict(model="plm_full", instance="A0", M=M, rep=rep, lam=lam), fit_plm, (lam,)
     for M in vanilla_M:
-        for n_layers in vanilla_layers:
-            for seed in cfg.seeds:
+        for seed in cfg.seeds:                 # every depth gets its first seed first
+            for n_layers in vanilla_layers:
                 yield (dict(model="vanilla", instance="A0", M=M, rep=0, n_layers=n_layers,
                             seed=seed), fit_vanilla, (n_layers, seed))
 
