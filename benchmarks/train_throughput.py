@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lib import config, reference, store, train, tree
+from lib import config, reference, run_data, store, train, tree
 from lib.transformer import SelfAttention, Transformer
 
 TOLERANCE = {"root": 0.01, "mlm": 0.02}      # the goals, in accuracy
@@ -61,7 +61,7 @@ def throughput(cfg, device: str, steps: int = 30, warmup: int = 5, fused: bool =
     model = Transformer(cfg.model).to(device)
     step_model = torch.compile(model) if compile else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    batch = tree.sample(train.grammar(cfg), cfg.depth, cfg.batch_size, seed=cfg.data_seed)
+    batch = tree.sample(run_data.grammar(cfg), cfg.depth, cfg.batch_size, seed=cfg.data_seed)
     masks = torch.Generator().manual_seed(cfg.mask_seed)
     with fused_attention(fused):
         for i in range(warmup + steps):
@@ -110,8 +110,8 @@ def evaluation_cost() -> pd.DataFrame:
         cfg = config.chapter4_runs("laptop")[f"{task}_k0"]
         torch.manual_seed(0)
         model = Transformer(cfg.model)
-        M = train.grammar(cfg)
-        tests = train.test_sets(cfg, M)
+        M = run_data.grammar(cfg)
+        tests = run_data.test_sets(cfg, M)
         refs = {k: train.bp_posteriors(cfg, M, x) for k, (_, x) in tests.items()}
         t0 = time.perf_counter()
         train.evaluate(model, tests, cfg.n_monitor, refs)

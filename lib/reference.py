@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from lib.config import TrainConfig
-from lib.train import bp_posteriors, grammar, score, test_sets
+from lib.run_data import grammar, test_sets
+from lib.train import bp_posteriors, score
 
 
 def bp_reference(cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:

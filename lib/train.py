@@ -1,9 +1,8 @@
 """Seeded training of `lib.transformer` on the filtered grammar, evaluated against exact BP.
 
-One :class:`lib.config.TrainConfig` fixes everything: the grammar, the training data (a fresh
-batch every step, or a fixed set cycled in shuffled epochs), the held-out test sets of every
-filtering level ``k = 0..depth`` (never seen in training: training draws equal to a test sequence
-are rejected), the optimiser and the four seeds. Evaluation runs in eval mode at log-spaced steps;
+One :class:`lib.config.TrainConfig` fixes everything: the grammar, the training data and the
+held-out test sets of every filtering level ``k = 0..depth`` (`lib.run_data`), the optimiser,
+the schedule (`lib.schedule`) and the four seeds. Evaluation runs in eval mode at log-spaced steps;
 masked language modelling is scored at every position of every test sequence (each position
 masked in turn), the quantity BP's leave-one-out conditionals give exactly. Introduced in
 chapter 4.
@@ -22,62 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib import bp, resume, schedule, tree
+from lib import bp, resume, run_data, schedule
 from lib.config import TrainConfig
 from lib.transformer import Transformer, token_ids
 from lib.validate import check_int
 
-_BATCHES_PER_DRAW = 64        # training batches sampled per call to the grammar sampler
 _EVAL_ROWS = 1024             # sequences per forward pass in evaluation (cache-sized on a CPU)
-
-
-def _seed(*keys: int) -> int:
-    """An integer seed derived from named integer keys (independent streams per key tuple)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-def grammar(cfg: TrainConfig) -> np.ndarray:
-    """The production tensor ``M`` (q, q, q) of the run's grammar."""
-    return tree.random_grammar(cfg.q, cfg.sigma, cfg.grammar_seed)
-
-
-def test_sets(cfg: TrainConfig, M: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Held-out ``(roots (n_test,), leaves (n_test, 2**depth))`` for every test level ``k``, from ``test_seed``."""
-    return {k: tree.sample(M, cfg.depth, cfg.n_test, k=k, seed=_seed(cfg.test_seed, k))
-            for k in range(cfg.depth + 1)}
-
-
-def _codes(leaves: np.ndarray, q: int) -> np.ndarray:
-    """One int64 per sequence (base-``q`` digits; exact while ``q**length < 2**63``, as for 4**16)."""
-    return leaves @ (q ** np.arange(leaves.shape[1], dtype=np.int64))
-
-
-def _draw(cfg: TrainConfig, M: np.ndarray, n: int, seed: int, exclude: np.ndarray):
-    """``n`` training draws at level ``k_train`` that are not test sequences (codes in ``exclude``)."""
-    roots, leaves, part = [], [], 0
-    while sum(map(len, roots)) < n:
-        r, x = tree.sample(M, cfg.depth, n, k=cfg.k_train, seed=_seed(seed, part))
-        keep = ~np.isin(_codes(x, cfg.q), exclude)
-        roots.append(r[keep])
-        leaves.append(x[keep])
-        part += 1
-    return np.concatenate(roots)[:n], np.concatenate(leaves)[:n]
-
-
-def _batches(cfg: TrainConfig, M: np.ndarray, exclude: np.ndarray):
-    """Endless ``(roots (B,), leaves (B, L))`` training batches from ``data_seed``."""
-    B = cfg.batch_size
-    if cfg.n_train is None:                                   # fresh samples every step
-        for draw in itertools.count():
-            roots, leaves = _draw(cfg, M, B * _BATCHES_PER_DRAW, _seed(cfg.data_seed, draw), exclude)
-            for i in range(0, len(roots), B):
-                yield roots[i:i + B], leaves[i:i + B]
-    roots, leaves = _draw(cfg, M, cfg.n_train, _seed(cfg.data_seed), exclude)
-    rng = np.random.default_rng(_seed(cfg.data_seed, 1))
-    while True:                                               # shuffled epochs, last partial batch dropped
-        order = rng.permutation(cfg.n_train)
-        for i in range(0, cfg.n_train - B + 1, B):
-            yield roots[order[i:i + B]], leaves[order[i:i + B]]
 
 
 @torch.no_grad()
@@ -159,22 +108,6 @@ def _inputs(cfg: TrainConfig, roots, leaves, masks: torch.Generator):
     x = x.clone()
     x[rows, pos] = cfg.model.mask_id
     return x, y, pos
-
-
-def validation_set(cfg: TrainConfig, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``n_val`` held-out ``(roots, leaves)`` at level ``k_train`` from ``val_seed`` (the plateau
-    criterion's data; like the test sets, never trained on)."""
-    return tree.sample(M, cfg.depth, cfg.n_val, k=cfg.k_train, seed=_seed(cfg.val_seed, 99, cfg.k_train))
-
-
-def _data(cfg: TrainConfig):
-    """Grammar, test sets, validation set (``None`` for ``"cosine"``) and the codes of every
-    held-out sequence, which training draws reject."""
-    M = grammar(cfg)
-    tests = test_sets(cfg, M)
-    val = validation_set(cfg, M) if cfg.schedule == "plateau" else None
-    held = [leaves for _, leaves in tests.values()] + ([val[1]] if val else [])
-    return M, tests, val, np.concatenate([_codes(x, cfg.q) for x in held])
 
 
 def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> None:
@@ -274,7 +207,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         raise ValueError(f"stop_at must be in 1..{cfg.n_steps} and needs partial, got "
                          f"stop_at={stop_at}, partial={partial}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    M, tests, val, exclude = _data(cfg)
+    M, tests, val, exclude = run_data.held_out(cfg)
     refs = {k: bp_posteriors(cfg, M, leaves) for k, (_, leaves) in tests.items()}
     if (cfg.init_from is None) != (encoder is None):
         raise ValueError(f"encoder must be given exactly when cfg.init_from is set, got "
@@ -290,7 +223,8 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     partial = Path(partial) if partial else None
     if partial and partial.exists():
         state = resume.resume(cfg, partial, model, opt, masks, plateau)
-    batches, evals = _batches(cfg, M, exclude), set(schedule.eval_steps(cfg).tolist())
+    batches = run_data.batches(cfg, M, exclude)
+    evals = set(schedule.eval_steps(cfg).tolist())
     for _ in range(state["step"]):                     # the data stream is a pure function of the step
         next(batches)
     quiet = {} if progress else {"disable": True}      # TQDM_DISABLE=1 silences the bar too

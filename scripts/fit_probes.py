@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lib import config, probe_study, provenance, train
+from lib import config, probe_study, provenance, run_data, train
 
 
 def main(argv=None) -> None:
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     cfg = probe_study.ProbeConfig()
     runs = config.legacy_chapter4_runs(provenance.profile())
-    M = train.grammar(runs[cfg.models[0]])
+    M = run_data.grammar(runs[cfg.models[0]])
     print(cfg, flush=True)
 
     def progress(items):

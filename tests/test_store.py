@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, store, train
+from lib import config, run_data, store, train
 from lib.config import TrainConfig
 from lib.transformer import ModelConfig
 
@@ -38,10 +38,10 @@ def test_load_or_train_trains_once_then_reuses(tmp_path):
     x = torch.randint(3, (5, 8))
     assert torch.equal(model(x), again(x))
     # the stored weights reproduce the stored final evaluation
-    logp = train.log_probs(again, train.test_sets(TINY, train.grammar(TINY))[0][1])
+    logp = train.log_probs(again, run_data.test_sets(TINY, run_data.grammar(TINY))[0][1])
     final = history[(history.step == TINY.n_steps) & (history.k_test == 0)].iloc[0]
-    assert final.loss == pytest.approx(-logp.numpy()[np.arange(64), train.test_sets(
-        TINY, train.grammar(TINY))[0][0]].mean(), rel=1e-5)
+    assert final.loss == pytest.approx(-logp.numpy()[np.arange(64), run_data.test_sets(
+        TINY, run_data.grammar(TINY))[0][0]].mean(), rel=1e-5)
 
 
 def test_checkpoints_round_trip_and_are_part_of_the_key(tmp_path):
@@ -98,7 +98,7 @@ def test_every_stored_entry_reproduces_its_final_evaluation():
         assert store.key(cfg) == record.stem
         model, history, _ = store.require(cfg)
         final = history[history.step == history.step.max()].set_index("k_test").loc[cfg.k_train]
-        roots, leaves = train.test_sets(cfg, train.grammar(cfg))[cfg.k_train]
+        roots, leaves = run_data.test_sets(cfg, run_data.grammar(cfg))[cfg.k_train]
         n = int(final.n_test)
         row = train.evaluate(model, {cfg.k_train: (roots[:n], leaves[:n])}, n)[0]
         assert row["loss"] == pytest.approx(final.loss, rel=2e-5), record.stem

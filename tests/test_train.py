@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, reference, schedule, train, tree
+from lib import config, reference, run_data, schedule, train, tree
 from lib.config import TrainConfig
 from lib.transformer import ModelConfig, Transformer
 
@@ -70,27 +70,27 @@ def test_checkpoints_are_the_weights_of_the_same_run():
 
 def test_training_draws_never_repeat_a_test_sequence():
     cfg = tiny(depth=2, n_steps=10)
-    M = train.grammar(cfg)
-    tests = train.test_sets(cfg, M)
-    exclude = np.concatenate([train._codes(x, cfg.q) for _, x in tests.values()])
-    batches = train._batches(cfg, M, exclude)
-    seen = np.concatenate([train._codes(next(batches)[1], cfg.q) for _ in range(30)])
+    M = run_data.grammar(cfg)
+    tests = run_data.test_sets(cfg, M)
+    exclude = np.concatenate([run_data._codes(x, cfg.q) for _, x in tests.values()])
+    batches = run_data.batches(cfg, M, exclude)
+    seen = np.concatenate([run_data._codes(next(batches)[1], cfg.q) for _ in range(30)])
     assert not np.isin(seen, exclude).any()
     # depth 2, q 3: only 81 strings exist, so without the rejection most draws would be test sequences
-    assert np.isin(train._codes(tree.sample(M, 2, 1000, seed=9)[1], 3), exclude).mean() > 0.5
+    assert np.isin(run_data._codes(tree.sample(M, 2, 1000, seed=9)[1], 3), exclude).mean() > 0.5
 
 
 def test_fixed_training_set_is_cycled():
     cfg = tiny(n_train=128)
-    M = train.grammar(cfg)
-    batches = train._batches(cfg, M, np.array([], dtype=np.int64))
-    codes = [set(train._codes(next(batches)[1], 3)) for _ in range(4)]
+    M = run_data.grammar(cfg)
+    batches = run_data.batches(cfg, M, np.array([], dtype=np.int64))
+    codes = [set(run_data._codes(next(batches)[1], 3)) for _ in range(4)]
     assert codes[0] | codes[1] == codes[2] | codes[3]        # two batches per epoch, same set
 
 
 def test_mlm_inputs_mask_exactly_one_token_and_keep_its_target():
     cfg = tiny("mlm")
-    roots, leaves = tree.sample(train.grammar(cfg), 3, 50, seed=1)
+    roots, leaves = tree.sample(run_data.grammar(cfg), 3, 50, seed=1)
     x, y, pos = train._inputs(cfg, roots, leaves, torch.Generator().manual_seed(0))
     assert ((x == cfg.model.mask_id).sum(1) == 1).all()
     assert (x[torch.arange(50), pos] == 3).all()
@@ -284,7 +284,7 @@ def test_restore_best_scores_the_weights_of_the_lowest_validation_loss(tmp_path)
     model, history, info, _ = train.train(cfg, progress=False)
     val = history.dropna(subset=["val_loss"]).drop_duplicates("step").set_index("step").val_loss
     assert info["best_step"] == val.idxmin() < info["stop_step"]
-    M, tests, val_set, _ = train._data(cfg)
+    M, tests, val_set, _ = run_data.held_out(cfg)
     final = history[history.step == info["stop_step"]].set_index("k_test")
     rescored = pd.DataFrame(train.evaluate(model, tests, cfg.n_test)).set_index("k_test")
     assert np.allclose(rescored.loss, final.loss, atol=1e-6)      # scores of the returned weights
