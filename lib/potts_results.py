@@ -4,7 +4,7 @@
 unconstrained pseudo-likelihood for several ridges, vanilla encoders for several seeds) and a JSON
 record of its configuration and code. The chapter never fits these itself: `read` refuses a table
 whose data settings differ from the chapter's, `best_ridge` keeps the ridge a validation set
-chooses, and `summarise` gives the mean and standard error over seeds or training sets.
+chooses for plmDCA, and `summarise` gives the mean and standard error over seeds or training sets.
 Introduced in chapter 6.
 """
 from __future__ import annotations
@@ -53,17 +53,19 @@ def read(folder, profile: str, expected: dict) -> tuple[pd.DataFrame, dict]:
     return pd.read_csv(paths[0]), record
 
 
-def best_ridge(fits: pd.DataFrame) -> pd.DataFrame:
-    """Keep, for each fit that was run at several ridges ``lam``, the one of lowest validation loss.
+def best_ridge(fits: pd.DataFrame, model: str = "plm_full") -> pd.DataFrame:
+    """Keep, of the fits of ``model`` run at several ridges ``lam``, the one of lowest validation loss.
 
-    Rows without a ridge (``lam`` missing) are kept as they are.
+    The rows of other models are kept as they are (a factored layer's ridges are a sweep, not a
+    selection).
     """
-    if not {"lam", "val_loss"} <= set(fits.columns):
-        raise ValueError("fits must have the columns 'lam' and 'val_loss'")
-    swept = fits[fits["lam"].notna()]
-    group = ["model", "instance", "M", "rep"]
-    best = swept.loc[swept.groupby(group)["val_loss"].idxmin()]
-    return pd.concat([fits[fits["lam"].isna()], best]).sort_index()
+    if not {"model", "lam", "val_loss"} <= set(fits.columns):
+        raise ValueError("fits must have the columns 'model', 'lam' and 'val_loss'")
+    if model not in set(fits["model"]):
+        raise ValueError(f"model must be one of {sorted(set(fits['model']))}, got {model!r}")
+    swept = fits[fits["model"] == model]
+    best = swept.loc[swept.groupby(["instance", "M", "rep"])["val_loss"].idxmin()]
+    return pd.concat([fits[fits["model"] != model], best]).sort_index()
 
 
 def summarise(fits: pd.DataFrame, by, value: str = "excess") -> pd.DataFrame:

@@ -26,14 +26,16 @@ def test_read_checks_the_shared_settings_and_names_the_command(tmp_path):
 
 
 def test_best_ridge_keeps_the_lowest_validation_loss_per_fit():
-    fits = pd.DataFrame({"model": ["plm_full"] * 4 + ["vanilla"], "instance": "A0",
-                         "M": [10, 10, 20, 20, 10], "rep": 0,
-                         "lam": [0.1, 0.01, 0.1, 0.01, np.nan],
-                         "val_loss": [2.0, 1.5, 1.2, 1.4, 3.0]})
+    fits = pd.DataFrame({"model": ["plm_full"] * 4 + ["vanilla", "factored"], "instance": "A0",
+                         "M": [10, 10, 20, 20, 10, 10], "rep": 0,
+                         "lam": [0.1, 0.01, 0.1, 0.01, np.nan, 0.5],
+                         "val_loss": [2.0, 1.5, 1.2, 1.4, 3.0, 9.0]})
     best = potts_results.best_ridge(fits)
-    assert list(best["lam"].fillna(-1)) == [0.01, 0.1, -1]
-    with pytest.raises(ValueError, match="'lam' and 'val_loss'"):
+    assert list(best["lam"].fillna(-1)) == [0.01, 0.1, -1, 0.5]      # other models untouched
+    with pytest.raises(ValueError, match="'model', 'lam' and 'val_loss'"):
         potts_results.best_ridge(fits.drop(columns="lam"))
+    with pytest.raises(ValueError, match="model must be one of"):
+        potts_results.best_ridge(fits, model="plm")
 
 
 def test_summarise_gives_mean_standard_error_and_count():
