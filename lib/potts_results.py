@@ -54,7 +54,7 @@ def read(folder, profile: str, expected: dict) -> tuple[pd.DataFrame, dict]:
 
 
 def best_ridge(fits: pd.DataFrame, model: str = "plm_full") -> pd.DataFrame:
-    """Keep, of the fits of ``model`` run at several ridges ``lam``, the one of lowest validation loss.
+    """Keep, of the fits of ``model`` at several ridges ``lam``, the one of lowest validation loss.
 
     The rows of other models are kept as they are (a factored layer's ridges are a sweep, not a
     selection).
@@ -69,7 +69,7 @@ def best_ridge(fits: pd.DataFrame, model: str = "plm_full") -> pd.DataFrame:
 
 
 def summarise(fits: pd.DataFrame, by, value: str = "excess") -> pd.DataFrame:
-    """Mean, standard error (``std / sqrt(n)``, NaN for one row) and count of ``value`` per group."""
+    """Mean, standard error (``std / sqrt(n)``, NaN for one row) and count of ``value`` by group."""
     by = [by] if isinstance(by, str) else list(by)
     missing = set(by + [value]) - set(fits.columns)
     if missing:

@@ -136,7 +136,7 @@ def coupling_error(K, V, J, U, beta) -> float:
 
 
 def check_full(W, h) -> tuple[np.ndarray, np.ndarray]:
-    """Check unconstrained couplings ``W`` (L, q, L, q) and fields ``h`` (L, q), finite, L, q >= 2."""
+    """Check couplings ``W`` (L, q, L, q) and fields ``h`` (L, q): finite, ``L, q >= 2``."""
     W, h = np.asarray(W, dtype=np.float64), np.asarray(h, dtype=np.float64)
     if h.ndim != 2 or min(h.shape) < 2:
         raise ValueError(f"h must have shape (L, q) with L, q >= 2, got shape {h.shape}")
