@@ -18,6 +18,8 @@ def test_runs_differ_only_in_level_size_and_seeds():
     assert list(runs)[:2] == ["root_k0_P512_s0", "root_k1_P512_s0"]      # cheapest first
     base = runs["root_k0_P512_s0"]
     assert base.restore_best and base.schedule == "plateau" and base.n_test == sc.N_TEST >= 20_000
+    chapter4 = config.converged_config("root", "laptop", 0, 0)
+    assert base.model == replace(chapter4.model, dropout=sc.DROPOUT)    # regularised, else same
     for name, cfg in runs.items():
         if name.startswith("pretrained"):
             continue
