@@ -1,8 +1,9 @@
 """Topic structure in learned matrices and attention: the measurements of chapter 7.
 
 Mean entries of token-by-token matrices by topic relation (same token, same topic, different
-topic), their permutation null, attention by topic relation, and the time at which a recorded
-curve has made a given share of its rise (to time the two training stages).
+topic), their permutation null, attention by topic relation (pooled, or compared at equal
+query-key distance for models with positions), and the time at which a recorded curve has made
+a given share of its rise (to time the two training stages).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ the main checkout:
     OMP_NUM_THREADS=1 PYTHONPATH=/work/wt-ch7 python /work/wt-ch7/scripts/topic_runs.py \\
         --out data/topics
 
-It takes about 25 CPU-minutes on one core (each run's CPU seconds are in its record).
+It takes about 20 CPU-minutes on one core (each run's CPU seconds are in its record).
 """
 from __future__ import annotations
 
