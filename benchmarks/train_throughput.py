@@ -131,12 +131,10 @@ def time_to_bp(cfg, history: pd.DataFrame) -> tuple[float, float]:
 
 
 def k0_runs() -> dict:
-    """The k = 0 runs chapter 4 shows: the converged ones once stored, else the legacy ones."""
-    runs = config.chapter4_runs("laptop")
-    if all(store.status(runs[f"{t}_k0"]) == "ok" for t in ("root", "mlm")):
-        return {t: ("converged", runs[f"{t}_k0"]) for t in ("root", "mlm")}
-    legacy = config.legacy_chapter4_runs("laptop")
-    return {t: ("legacy fixed budget", legacy[f"{t}_k0"]) for t in ("root", "mlm")}
+    """The k = 0 run of each task: the converged one once stored, else the legacy one."""
+    runs, legacy = config.chapter4_runs("laptop"), config.legacy_chapter4_runs("laptop")
+    return {t: ("converged", runs[f"{t}_k0"]) if store.status(runs[f"{t}_k0"]) == "ok"
+            else ("legacy fixed budget", legacy[f"{t}_k0"]) for t in ("root", "mlm")}
 
 
 def time_to_bp_table(retrain: bool) -> pd.DataFrame:
