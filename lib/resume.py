@@ -46,8 +46,9 @@ def cpu_state(model: nn.Module) -> dict:
 
 def snapshot(cfg: TrainConfig, state: dict, model, opt, masks, plateau) -> dict:
     """Everything a resumed run needs: ``state`` (step, rows, states, train_s, eval_s, and the
-    best validated weights under ``restore_best``), the weights, Adam, the mask generator, torch's global RNG (and CUDA's), the ``plateau``
-    criterion, and the hash of the library code that trained so far."""
+    best validated weights under ``restore_best``), the weights, Adam, the mask generator,
+    torch's global RNG (and CUDA's), the ``plateau`` criterion, and the hash of the library
+    code that trained so far."""
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return {"config": dataclasses.asdict(cfg), **state, "model": cpu_state(model),
             "opt": opt.state_dict(), "masks": masks.get_state(), "torch_rng": torch.get_rng_state(),

@@ -8,11 +8,17 @@ and not counted in ``P``). Every run is then tested on the same ``N_TEST`` held-
 level ``k`` as exact BP(k, k). :func:`table` gathers the stored runs into one row each
 (``data/sample_complexity.csv``), and :func:`p_star` reads off the smallest ``P`` within ``eps``
 of BP. The same grid at ``k = 0`` is trained again from chapter 4's masked-token encoder, frozen
-or fine-tuned (the paper's pre-training comparison). Introduced in chapter 4.
+or fine-tuned (the paper's pre-training comparison), and from scratch at that encoder's depth.
+
+Two caveats belong next to every result: the validation set (``n_val`` labelled sequences) is
+extra data that only chooses the stopping step; and the masked-token encoder was pre-trained on
+a fresh stream that excluded its own test sequences, not these, so some test inputs (never
+their root labels) may have been among its pre-training inputs. Introduced in chapter 4.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,42 +62,51 @@ def run_config(profile: str, k: int, P: int, seed: int) -> TrainConfig:
                    eval_every=cfg.n_steps, **EARLY_STOPPING)
 
 
-def pretrained_config(profile: str, P: int, seed: int, frozen: bool) -> TrainConfig:
-    """:func:`run_config` at ``k = 0`` from chapter 4's converged masked-token encoder
-    (``mlm_k0``, its layer count), readout trained alone (``frozen``) or everything fine-tuned."""
+def pretrained_config(profile: str, P: int, seed: int, frozen: bool | None) -> TrainConfig:
+    """:func:`run_config` at ``k = 0`` with the layer count of chapter 4's converged masked-token
+    encoder (``mlm_k0``), started from it with the readout trained alone (``frozen=True``) or
+    everything fine-tuned (``False``), or trained from scratch (``None``: the baseline of the
+    same depth)."""
     source = chapter4_runs(profile)["mlm_k0"]
     cfg = run_config(profile, 0, P, seed)
-    return replace(cfg, model=replace(cfg.model, n_layers=source.model.n_layers),
-                   init_from=store.key(source), freeze_encoder=frozen)
+    cfg = replace(cfg, model=replace(cfg.model, n_layers=source.model.n_layers))
+    if frozen is None:
+        return cfg
+    return replace(cfg, init_from=store.key(source), freeze_encoder=frozen)
 
 
 def runs(profile: str) -> dict[str, TrainConfig]:
-    """The sweep, by name: ``root_k{k}_P{P}_s{seed}`` (from scratch), then
-    ``pretrained_{frozen,finetuned}_k0_P{P}_s{seed}``; smallest ``P`` first (the cheapest runs,
-    and a complete seed-0 curve before the replicas)."""
+    """The sweep, by name ``{task}_k{k}_P{P}_s{seed}``: task ``root`` (from scratch, every k),
+    then at ``k = 0`` ``root_pretrained_frozen``, ``root_pretrained_finetuned`` and, when the
+    pre-trained encoder is deeper than the root model, ``root_layers{n}`` (from scratch at its
+    depth). Smallest ``P`` first: the cheapest runs, and a whole seed-0 curve before replicas."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     out = {f"root_k{k}_P{P}_s{seed}": run_config(profile, k, P, seed)
            for seed in SEEDS for P in SIZES[profile] for k in range(BOOK_SETTING["depth"] + 1)}
+    deeper = pretrained_config(profile, SIZES[profile][0], 0, None).model.n_layers
+    modes = {"root_pretrained_frozen": True, "root_pretrained_finetuned": False}
+    if deeper != run_config(profile, 0, SIZES[profile][0], 0).model.n_layers:
+        modes[f"root_layers{deeper}"] = None
     for seed in SEEDS:
         for P in SIZES[profile]:
-            for mode in ("frozen", "finetuned"):
-                out[f"pretrained_{mode}_k0_P{P}_s{seed}"] = pretrained_config(
-                    profile, P, seed, mode == "frozen")
+            for task, frozen in modes.items():
+                out[f"{task}_k0_P{P}_s{seed}"] = pretrained_config(profile, P, seed, frozen)
     return out
 
 
-def label(cfg: TrainConfig) -> str:
-    """The table's task label: ``root``, ``root_pretrained_frozen`` or ``root_pretrained_finetuned``."""
-    if cfg.init_from is None:
-        return cfg.task
-    return f"{cfg.task}_pretrained_{'frozen' if cfg.freeze_encoder else 'finetuned'}"
+def label(name: str) -> str:
+    """The task label of a run of :func:`runs`, from its name ``{task}_k{k}_P{P}_s{seed}``."""
+    match = re.fullmatch(r"(\w+?)_k\d+_P\d+_s\d+", name)
+    if match is None:
+        raise ValueError(f"name must look like '{{task}}_k{{k}}_P{{P}}_s{{seed}}', got {name!r}")
+    return match.group(1)
 
 
 def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
-    """One row per stored run of ``sweep``: task, k, P, seed, n_test, accuracy, bp_accuracy
-    (fractions, on the same test sequences), best_step, stop_step, train_s, key, commit.
-    Runs not stored yet are left out."""
+    """One row per stored run of ``sweep``: task (:func:`label`), k, P, seed, n_test, accuracy,
+    bp_accuracy (fractions, on the same test sequences), best_step, stop_step, train_s, key,
+    commit. Runs not stored yet are left out (:func:`p_star` refuses an incomplete grid)."""
     rows, bp_acc = [], {}
     for name, cfg in sweep.items():
         if store.status(cfg, root) != "ok":
@@ -100,29 +115,30 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
         meta = json.loads(Path(f"{stem}.json").read_text())["provenance"]
         history = pd.read_csv(f"{stem}.csv")
         final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
-        if (cfg.k_train, cfg.n_test) not in bp_acc:
-            ref = reference.bp_reference(cfg)
-            for k in range(cfg.depth + 1):
-                bp_acc[k, cfg.n_test] = ref.query("k_model == @k and k_test == @k").accuracy.item()
-        rows.append({"task": label(cfg), "k": cfg.k_train, "P": cfg.n_train, "seed": cfg.init_seed,
-                     "n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
-                     "bp_accuracy": bp_acc[cfg.k_train, cfg.n_test],
+        if cfg.n_test not in bp_acc:
+            bp_acc[cfg.n_test] = reference.bp_reference(cfg).query("k_model == k_test")
+        bp = bp_acc[cfg.n_test].set_index("k_test").accuracy[cfg.k_train]
+        rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
+                     "seed": cfg.init_seed, "n_test": int(final.n_test.item()),
+                     "accuracy": final.accuracy.item(), "bp_accuracy": bp,
                      "best_step": meta["best_step"], "stop_step": meta["stop_step"],
                      "train_s": round(meta["train_s"], 1), "key": store.key(cfg),
                      "commit": meta["commit"]})
     return pd.DataFrame(rows)
 
 
-def p_star(results: pd.DataFrame, eps: float) -> pd.DataFrame:
+def p_star(results: pd.DataFrame, eps: float, sizes) -> pd.DataFrame:
     """The smallest ``P`` from which on the seed-mean gap to BP stays within ``eps``, per ``k``.
 
     Parameters
     ----------
     results : pandas.DataFrame
-        :func:`table`'s rows (columns k, P, accuracy, bp_accuracy), at least two seeds per
-        (k, P).
+        :func:`table`'s rows of one task (columns k, P, accuracy, bp_accuracy), at least two
+        seeds for every (k, P) with P in ``sizes``.
     eps : float
         Tolerance in accuracy (a fraction, e.g. 0.02 for 2 points), ``> 0``.
+    sizes : sequence of int
+        The grid of training-set sizes; every level must have all of them.
 
     Returns
     -------
@@ -134,10 +150,14 @@ def p_star(results: pd.DataFrame, eps: float) -> pd.DataFrame:
     eps = check_real("eps", eps, 1e-12)
     gap = results.assign(gap=results.bp_accuracy - results.accuracy)
     stats = gap.groupby(["k", "P"]).gap.agg(["mean", "sem", "count"]).reset_index()
-    if (stats["count"] < 2).any():
-        raise ValueError("results must hold at least two seeds for every (k, P)")
-    out = {}
     for k, s in stats.groupby("k"):
+        have = dict(zip(s.P, s["count"]))
+        short = [P for P in sizes if have.get(P, 0) < 2]
+        if short:
+            raise ValueError(f"results must hold at least two seeds for every (k, P); level "
+                             f"{k} lacks them at P = {short}")
+    out = {}
+    for k, s in stats[stats.P.isin(list(sizes))].groupby("k"):
         s = s.sort_values("P")
         out[k] = {col: _first_from_which(s.P.to_numpy(), s["mean"].to_numpy() + shift <= eps)
                   for col, shift in (("P_star", 0), ("P_low", -s["sem"]), ("P_high", s["sem"]))}

@@ -7,6 +7,8 @@ own value kept beside them. Introduced in chapter 4.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -34,6 +36,14 @@ def _summarise(per_seed: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFr
     return pd.DataFrame(out).assign(seeds=groups.size())
 
 
+def _check(histories: dict) -> None:
+    """Raise unless ``histories`` maps (k, seed) to non-empty histories with the columns used."""
+    need = {"step", "k_test", "accuracy"}
+    if not histories or any(len(h) == 0 or need - set(h.columns) for h in histories.values()):
+        raise ValueError(f"histories must map (k, seed) to non-empty training histories with "
+                         f"columns {sorted(need)}")
+
+
 def gaps(histories: dict[tuple[int, int], pd.DataFrame], reference: pd.DataFrame):
     """Gap to BP(k, k) on level-``k`` test data, in points, for runs trained at level ``k``.
 
@@ -51,6 +61,7 @@ def gaps(histories: dict[tuple[int, int], pd.DataFrame], reference: pd.DataFrame
     summary : pandas.DataFrame
         Index k: BP, gap mean, gap SE, largest seed gap, seeds.
     """
+    _check(histories)
     rows = [{"k": k, "seed": s, "accuracy": final(h).accuracy[k], "BP": _bp(reference, k, k),
              "steps": int(h.step.max())} for (k, s), h in sorted(histories.items())]
     per_seed = pd.DataFrame(rows)
@@ -79,6 +90,7 @@ def on_full_data(histories: dict[tuple[int, int], pd.DataFrame],
     points (network minus BP), and the mean KL (nats) to BP_k and to BP_0 on ``k = 0`` data;
     the summary gives their seed means and standard errors per ``k`` and BP(k, 0).
     """
+    _check(histories)
     rows = []
     for (k, s), h in sorted(histories.items()):
         last = final(h)
@@ -104,15 +116,17 @@ def nearest_by_kl(kl: pd.DataFrame, ratio: float = 0.5) -> pd.Series:
     """
     if not 0 < check_real("ratio", ratio, 0.0) <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    names = [str(c) for c in kl.columns]
+    if len(names) < 2 or not all(re.fullmatch(r"kl_bp\d+", c) for c in names):
+        raise ValueError(f"kl must have at least two columns kl_bp<m>, got {names}")
+    rows = np.array([int(c[5:]) for c in names])           # the BP row of every column
     values = kl.to_numpy()
-    if values.ndim != 2 or values.shape[1] < 2:
-        raise ValueError(f"kl must have at least two columns kl_bp*, got {list(kl.columns)}")
     order = np.sort(values, axis=1)
-    best = values.argmin(axis=1)
+    best = rows[values.argmin(axis=1)]
     return pd.Series(np.where(order[:, 0] < ratio * order[:, 1], best, -1), kl.index)
 
 
 def stages(rows: pd.Series) -> str:
-    """The sequence of :func:`nearest_by_kl` rows, repeats dropped: e.g. ``"4 → between → 0"``."""
+    """The :func:`nearest_by_kl` rows in order, repeats dropped, e.g. ``"4 → between → 0"``."""
     keep = rows[rows != rows.shift()]
     return " → ".join("between" if m < 0 else str(int(m)) for m in keep)

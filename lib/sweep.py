@@ -72,7 +72,9 @@ def run_job(name: str, cfg: TrainConfig, root: Path = store.STORE, threads: int 
     and return a summary: name, key, train_s, stop_step, converged, accuracy (on k_train).
 
     The code state is read before training: a dirty tree fails at once (unless ``allow_dirty``),
-    and the save refuses if the code changed while the run trained. The partial state is
+    and the save refuses if the code changed while the run trained. A pre-trained encoder
+    (``cfg.init_from``) is always read from the model store, `lib.store.STORE`, whatever
+    ``root`` is. The partial state is
     removed only once the entry is saved.
     """
     torch.set_num_threads(threads)

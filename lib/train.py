@@ -194,7 +194,9 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         (training time so far, evaluation excluded), k_test, n_test, loss (nats), accuracy,
         ``kl_bp0..kl_bp{depth}`` (:func:`evaluate`); for ``schedule="plateau"`` also
         val_loss (NaN between validations) and lr_factor. The last step holds the whole test
-        sets (scored with the best validated weights under ``restore_best``).
+        sets; under ``restore_best`` its test columns score the best validated weights (the
+        ones returned, and a checkpoint at that step holds them too), while its val_loss is
+        the last weights'.
     info : dict
         train_s and eval_s (wall seconds), device, torch version, thread count, amp, the
         step the run stopped at and whether the criterion stopped it (``converged``); under

@@ -92,11 +92,14 @@ def main() -> int:
     for name, error in failed.items():
         print(f"{name:16s} FAILED  {error}")
     print(f"total {time.perf_counter() - start:.0f} s wall, {len(done)} trained, {len(failed)} failed")
-    if (args.sweep, args.profile, args.root) == ("sample_complexity", "laptop",
-                                                  sample_complexity.STORE):
-        results = sample_complexity.table(SWEEPS[args.sweep](args.profile), args.root)
-        results.to_csv(sample_complexity.TABLE, index=False, float_format="%.6g")
-        print(f"wrote {len(results)} rows to {sample_complexity.TABLE}")
+    if args.sweep == "sample_complexity":
+        if (args.profile, args.root.resolve()) == ("laptop", sample_complexity.STORE.resolve()):
+            results = sample_complexity.table(SWEEPS[args.sweep](args.profile), args.root)
+            results.to_csv(sample_complexity.TABLE, index=False, float_format="%.6g")
+            print(f"wrote {len(results)} rows to {sample_complexity.TABLE}")
+        else:
+            print(f"{sample_complexity.TABLE} not rewritten: it holds the laptop runs of "
+                  f"{sample_complexity.STORE}, not {args.profile} runs in {args.root}")
     if args.prune:
         keep = {store.key(c) for sweep_of in SWEEPS.values() for p in PROFILES
                 for c in sweep_of(p).values()}

@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import config, reference, sample_complexity as sc, store, sweep, train
+from lib import bp, config, run_data, sample_complexity as sc, store, sweep, train
 
 torch.set_num_threads(1)
 
 
 def test_runs_differ_only_in_level_size_and_seeds():
     runs = sc.runs("laptop")
-    assert sum(n.startswith("root") for n in runs) == 5 * len(sc.SIZES["laptop"]) * len(sc.SEEDS)
+    assert sum(sc.label(n) == "root" for n in runs) == 5 * len(sc.SIZES["laptop"]) * len(sc.SEEDS)
     assert max(sc.SIZES["laptop"]) / min(sc.SIZES["laptop"]) >= 64
     assert list(runs)[:2] == ["root_k0_P512_s0", "root_k1_P512_s0"]      # cheapest first
     base = runs["root_k0_P512_s0"]
@@ -21,21 +21,26 @@ def test_runs_differ_only_in_level_size_and_seeds():
     chapter4 = config.converged_config("root", "laptop", 0, 0)
     assert base.model == replace(chapter4.model, dropout=sc.DROPOUT)    # regularised, else same
     for name, cfg in runs.items():
-        if name.startswith("pretrained"):
+        if sc.label(name) != "root":
             continue
         k, P, seed = (int(part[1:]) for part in name.split("_")[1:])
         assert cfg == replace(base, k_train=k, n_train=P, init_seed=seed, data_seed=seed)
     # the same held-out test sequences for every run, hence one BP reference per level
     assert len({(c.test_seed, c.n_test, c.grammar_seed) for c in runs.values()}) == 1
-    pre = {n: c for n, c in sc.runs("laptop").items() if n.startswith("pretrained")}
-    assert len(pre) == 2 * len(sc.SIZES["laptop"]) * len(sc.SEEDS) and len(runs) == 105 + 42
     source = config.chapter4_runs("laptop")["mlm_k0"]
-    for name, cfg in pre.items():
-        assert cfg.init_from == store.key(source) and cfg.k_train == 0
-        assert cfg.freeze_encoder == ("frozen" in name)
-        assert sc.label(cfg) == "root_pretrained_" + name.split("_")[1]
+    deep = {n: c for n, c in runs.items() if sc.label(n) != "root"}
+    assert len(deep) == 3 * len(sc.SIZES["laptop"]) * len(sc.SEEDS) and len(runs) == 105 + 63
+    for name, cfg in deep.items():
+        task = sc.label(name)
+        assert cfg.k_train == 0 and cfg.freeze_encoder == task.endswith("frozen")
+        assert cfg.init_from == (None if task == "root_layers5" else store.key(source))
+        # the pre-trained runs and their baseline share the encoder's depth, nothing else differs
+        twin = runs[name.replace(task, "root_layers5")]
+        assert cfg == replace(twin, init_from=cfg.init_from, freeze_encoder=cfg.freeze_encoder)
         assert cfg.model == replace(base.model, n_layers=source.model.n_layers)
-    assert len(sc.runs("paper")) == (5 + 2) * 12 * 3
+    assert len(sc.runs("paper")) == (5 + 2) * 12 * 3          # there MLM has the root's depth
+    with pytest.raises(ValueError, match="name must look like"):
+        sc.label("root_k0_P512")
     with pytest.raises(ValueError, match="profile must be one of"):
         sc.runs("desktop")
 
@@ -44,7 +49,7 @@ def tiny_sweep():
     """Two seeds of a q = 3, depth 3 root run on 64 and 128 training sequences (seconds)."""
     base = replace(config.tiny_runs()["tiny_root"], n_steps=200, restore_best=True,
                    checkpoints=())
-    return {f"tiny_P{P}_s{s}": replace(base, n_train=P, init_seed=s, data_seed=s)
+    return {f"tiny_k0_P{P}_s{s}": replace(base, n_train=P, init_seed=s, data_seed=s)
             for P in (64, 128) for s in (0, 1)}
 
 
@@ -62,14 +67,17 @@ def test_table_holds_one_row_per_stored_run_scored_against_bp(tmp_path, clean):
     assert failed == {} and len(done) == 3
     results = sc.table(runs, tmp_path)                           # the unstored run is left out
     assert len(results) == 3 and set(results.P) == {64, 128}
-    cfg = runs["tiny_P64_s1"]
+    cfg = runs["tiny_k0_P64_s1"]
     row = results[(results.P == 64) & (results.seed == 1)].iloc[0]
-    _, history, info = store.require(cfg, root=tmp_path)
-    final = history[(history.step == info["stop_step"]) & (history.k_test == cfg.k_train)]
-    assert row.accuracy == final.accuracy.item() and row.n_test == cfg.n_test
+    assert row.task == "tiny" and row.n_test == cfg.n_test and row.commit == "0" * 40
+    # rescored independently: the stored model and exact BP on the run's own test set
+    model, _, info = store.require(cfg, root=tmp_path)
+    roots, leaves = run_data.test_sets(cfg, run_data.grammar(cfg))[0]
+    predicted = train.log_probs(model, leaves).argmax(-1).numpy()
+    assert row.accuracy == pytest.approx((predicted == roots).mean(), abs=1e-9)
+    exact = bp.root_posterior(run_data.grammar(cfg), leaves, 0).argmax(-1)
+    assert row.bp_accuracy == pytest.approx((exact == roots).mean(), abs=1e-9)
     assert row.best_step == info["best_step"] <= row.stop_step
-    bp = reference.bp_reference(cfg).query("k_model == 0 and k_test == 0").accuracy.item()
-    assert row.bp_accuracy == bp and row.commit == "0" * 40
 
 
 def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
@@ -79,12 +87,17 @@ def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
         rows += [{"k": 0, "P": P, "accuracy": 0.9 - g, "bp_accuracy": 0.9} for g in gaps]
     rows += [{"k": 1, "P": P, "accuracy": 0.5, "bp_accuracy": 0.6} for P in (512, 1024)
              for _ in range(2)]
-    out = sc.p_star(pd.DataFrame(rows), eps=0.02)
+    sizes = (512, 1024, 2048, 4096, 8192)
+    with pytest.raises(ValueError, match=r"level 1 lacks them at P = \[2048, 4096, 8192\]"):
+        sc.p_star(pd.DataFrame(rows), 0.02, sizes)
+    rows += [{"k": 1, "P": P, "accuracy": 0.5, "bp_accuracy": 0.6} for P in sizes[2:]
+             for _ in range(2)]
+    out = sc.p_star(pd.DataFrame(rows), eps=0.02, sizes=sizes)
     # 1024 is within 2 points but 2048 is not again: P* is 4096, not 1024
     assert out.loc[0, "P_star"] == 4096 and np.isnan(out.loc[1, "P_star"])
     # gap at 4096 is 0.010 +- 0.005 and at 2048 0.06 +- 0.01: one SE either way changes nothing
     assert out.loc[0, "P_low"] == out.loc[0, "P_high"] == 4096
-    assert sc.p_star(pd.DataFrame(rows), eps=0.0105).loc[0, "P_high"] == 8192
+    assert sc.p_star(pd.DataFrame(rows), 0.0105, sizes).loc[0, "P_high"] == 8192
 
 
 @pytest.mark.parametrize("eps, rows, match", [
@@ -93,7 +106,7 @@ def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
 ])
 def test_p_star_rejects_bad_input(eps, rows, match):
     with pytest.raises(ValueError, match=match):
-        sc.p_star(pd.DataFrame(rows), eps)
+        sc.p_star(pd.DataFrame(rows), eps, sizes=(1,))
 
 
 # MLM pre-training: a root run that starts from a stored masked-token encoder

@@ -51,13 +51,18 @@ def test_nearest_row_by_kl_and_its_stages():
     assert ss.stages(rows) == "2 → between → 1 → 0"
     assert ss.stages(pd.Series([2, 2, 1, 1, 0])) == "2 → 1 → 0"
     assert ss.nearest_by_kl(kl, ratio=1.0).tolist() == [2, 1, 1, 0]
+    # rows are read from the column names, not their order
+    assert ss.nearest_by_kl(kl[["kl_bp2", "kl_bp0", "kl_bp1"]]).tolist() == [2, -1, 1, 0]
 
 
 @pytest.mark.parametrize("call, match", [
     (lambda: ss.nearest_by_kl(pd.DataFrame({"kl_bp0": [1.0]})), "at least two columns"),
+    (lambda: ss.nearest_by_kl(pd.DataFrame({"kl_bp0": [1.0], "acc": [1.0]})), "kl_bp<m>"),
     (lambda: ss.nearest_by_kl(pd.DataFrame({"a": [1.0], "b": [2.0]}), ratio=0), "ratio"),
     (lambda: ss.within(pd.DataFrame(), goal=-1), "goal"),
     (lambda: ss.gaps({(0, 0): history(0, 0.9, 0.9, 0, 0)}, REFERENCE), "at least two"),
+    (lambda: ss.gaps({}, REFERENCE), "non-empty training histories"),
+    (lambda: ss.on_full_data({(0, 0): pd.DataFrame()}, REFERENCE), "non-empty"),
 ])
 def test_bad_input_raises(call, match):
     with pytest.raises(ValueError, match=match):
