@@ -32,6 +32,15 @@ def bp_reference(cfg: TrainConfig, n: int | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bp_accuracy(table: pd.DataFrame, k_model: int, k_test: int) -> float:
+    """BP(k_model, k_test)'s accuracy from a :func:`bp_reference` table."""
+    row = table[(table.k_model == k_model) & (table.k_test == k_test)]
+    if len(row) != 1:
+        raise ValueError(f"table must hold one row with k_model={k_model}, k_test={k_test}, "
+                         f"got {len(row)}")
+    return float(row.accuracy.iloc[0])
+
+
 def time_to_accuracy(history: pd.DataFrame, k_test: int, target: float) -> float:
     """Training wall seconds at the first evaluation with accuracy on ``k_test`` at least ``target`` (NaN if never)."""
     hit = history[(history.k_test == k_test) & (history.accuracy >= target)]

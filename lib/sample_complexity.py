@@ -115,9 +115,9 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
         meta = json.loads(Path(f"{stem}.json").read_text())["provenance"]
         history = pd.read_csv(f"{stem}.csv")
         final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
-        if cfg.n_test not in bp_acc:
-            bp_acc[cfg.n_test] = reference.bp_reference(cfg).query("k_model == k_test")
-        bp = bp_acc[cfg.n_test].set_index("k_test").accuracy[cfg.k_train]
+        if cfg.n_test not in bp_acc:                  # every run tests on the same sets
+            bp_acc[cfg.n_test] = reference.bp_reference(cfg)
+        bp = reference.bp_accuracy(bp_acc[cfg.n_test], cfg.k_train, cfg.k_train)
         rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
                      "seed": cfg.init_seed, "n_test": int(final.n_test.item()),
                      "accuracy": final.accuracy.item(), "bp_accuracy": bp,

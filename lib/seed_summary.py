@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from lib.reference import bp_accuracy
 from lib.stats import mean_se
 from lib.validate import check_real
 
@@ -19,10 +20,6 @@ from lib.validate import check_real
 def final(history: pd.DataFrame) -> pd.DataFrame:
     """The last evaluation of a run (its whole test sets), indexed by ``k_test``."""
     return history[history.step == history.step.max()].set_index("k_test")
-
-
-def _bp(reference: pd.DataFrame, k_model: int, k_test: int) -> float:
-    return reference.query("k_model == @k_model and k_test == @k_test").accuracy.item()
 
 
 def _summarise(per_seed: pd.DataFrame, by: str, columns: list[str]) -> pd.DataFrame:
@@ -62,8 +59,9 @@ def gaps(histories: dict[tuple[int, int], pd.DataFrame], reference: pd.DataFrame
         Index k: BP, gap mean, gap SE, largest seed gap, seeds.
     """
     _check(histories)
-    rows = [{"k": k, "seed": s, "accuracy": final(h).accuracy[k], "BP": _bp(reference, k, k),
-             "steps": int(h.step.max())} for (k, s), h in sorted(histories.items())]
+    rows = [{"k": k, "seed": s, "accuracy": final(h).accuracy[k],
+             "BP": bp_accuracy(reference, k, k), "steps": int(h.step.max())}
+            for (k, s), h in sorted(histories.items())]
     per_seed = pd.DataFrame(rows)
     per_seed["gap"] = 100 * (per_seed.BP - per_seed.accuracy)
     summary = _summarise(per_seed, "k", ["gap"])
@@ -95,11 +93,11 @@ def on_full_data(histories: dict[tuple[int, int], pd.DataFrame],
     for (k, s), h in sorted(histories.items()):
         last = final(h)
         rows.append({"k": k, "seed": s,
-                     "minus BP(k, 0)": 100 * (last.accuracy[0] - _bp(reference, k, 0)),
+                     "minus BP(k, 0)": 100 * (last.accuracy[0] - bp_accuracy(reference, k, 0)),
                      "KL to BP_k": last[f"kl_bp{k}"][0], "KL to BP_0": last["kl_bp0"][0]})
     per_seed = pd.DataFrame(rows)
     summary = _summarise(per_seed, "k", ["minus BP(k, 0)", "KL to BP_k", "KL to BP_0"])
-    summary.insert(0, "BP(k, 0)", [_bp(reference, k, 0) for k in summary.index])
+    summary.insert(0, "BP(k, 0)", [bp_accuracy(reference, k, 0) for k in summary.index])
     return per_seed, summary
 
 

@@ -135,6 +135,9 @@ def test_nearest_bp_row_and_time_to_accuracy():
     assert list(rows.k_model) == [2, 1, 0] and np.allclose(rows.distance, 0)
     assert reference.time_to_accuracy(hist, 0, 0.95) == 4.0
     assert np.isnan(reference.time_to_accuracy(hist, 0, 1.5))
+    assert reference.bp_accuracy(ref, 2, 0) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="one row with k_model=3"):
+        reference.bp_accuracy(ref, 3, 0)
 
 
 @pytest.mark.parametrize("fields, match", [
