@@ -214,13 +214,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     if (cfg.init_from is None) != (encoder is None):
         raise ValueError(f"encoder must be given exactly when cfg.init_from is set, got "
                          f"init_from={cfg.init_from!r} and encoder {type(encoder).__name__}")
-    torch.manual_seed(cfg.init_seed)
-    model = Transformer(cfg.model).to(device)
-    if encoder is not None:
-        _load_encoder(model, encoder, cfg.freeze_encoder)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    masks = torch.Generator().manual_seed(cfg.mask_seed)
-    plateau = schedule.Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
+    model, opt, masks, plateau = _init(cfg, device, encoder)
     state = {"step": 0, "rows": [], "states": {}, "train_s": 0.0, "eval_s": 0.0}
     partial = Path(partial) if partial else None
     if partial and partial.exists():
@@ -244,10 +238,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         if val is not None and step >= max(1, cfg.warmup_steps) and step % cfg.val_every == 0:
             extra["val_loss"] = _validation_loss(model, val)
             converged = plateau.update(extra["val_loss"])
-            if cfg.restore_best and extra["val_loss"] < state.get("best", {}).get("val_loss",
-                                                                                 math.inf):
-                state["best"] = {"step": step, "val_loss": extra["val_loss"],
-                                 "model": resume.cpu_state(model)}
+            _keep_best(cfg, model, state, step, extra["val_loss"])
         lr = schedule.lr_factor(cfg, step, plateau.decays)
         final = converged or step == cfg.n_steps
         if final and "best" in state:                  # early stopping: score the best weights
@@ -278,3 +269,23 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
             **({"best_step": state["best"]["step"]} if "best" in state else {}),
             "resumed_from_lib": sorted(set(state.get("resumed_from_lib", ())))}
     return model.cpu().eval(), pd.DataFrame(state["rows"]), info, state["states"]
+
+
+def _init(cfg: TrainConfig, device: torch.device, encoder: dict | None):
+    """A fresh model (from ``init_seed``, or a pre-trained encoder), its Adam over the trainable
+    weights, the training-mask generator and the plateau criterion."""
+    torch.manual_seed(cfg.init_seed)
+    model = Transformer(cfg.model).to(device)
+    if encoder is not None:
+        _load_encoder(model, encoder, cfg.freeze_encoder)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    masks = torch.Generator().manual_seed(cfg.mask_seed)
+    return model, opt, masks, schedule.Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
+
+
+def _keep_best(cfg: TrainConfig, model: Transformer, state: dict, step: int,
+               val_loss: float) -> None:
+    """Under ``restore_best``, copy the weights into ``state["best"]`` when ``val_loss`` is the
+    lowest so far."""
+    if cfg.restore_best and val_loss < state.get("best", {}).get("val_loss", math.inf):
+        state["best"] = {"step": step, "val_loss": val_loss, "model": resume.cpu_state(model)}
