@@ -14,7 +14,8 @@ diff's hash and leaves the entry flagged stale). ``--sweep legacy`` names the fi
 the chapters show until every converged run is stored; ``--sweep tiny`` is the seconds-long
 sweep CI exercises; ``--sweep sample_complexity`` trains root classifiers on fixed training sets
 (lib.sample_complexity) into data/sample_complexity and then rewrites its table,
-data/sample_complexity.csv. ``--prune`` deletes entries that belong to no run of any sweep.
+data/sample_complexity.csv; ``--sweep chapter5`` trains chapter 5's one-head, depth-layer
+encoders (lib.paper_shaped). ``--prune`` deletes entries that belong to no run of any sweep.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-from lib import config, sample_complexity, store, sweep
+from lib import config, paper_shaped, sample_complexity, store, sweep
 from lib.provenance import PROFILES
 
 SWEEPS = {"chapter4": config.chapter4_runs, "legacy": config.legacy_chapter4_runs,
-          "tiny": config.tiny_runs, "sample_complexity": sample_complexity.runs}
+          "tiny": config.tiny_runs, "sample_complexity": sample_complexity.runs,
+          "chapter5": paper_shaped.runs}
 #: Where each sweep's entries live (default: the model store, data/models).
 ROOTS = {"sample_complexity": sample_complexity.STORE}
 
