@@ -86,9 +86,16 @@ def run(cfg: DemoConfig, seed: int, input_norm: bool) -> dict:
         ``history`` (step, dev loss), the Bayes context-only loss of this dev set, and the
         value table's block statistics (mean within- and cross-topic entry, cosine of value
         rows for same- and different-topic words).
+
+    Raises
+    ------
+    ValueError
+        If ``input_norm`` is not a bool or ``seed`` is negative.
     """
+    if not isinstance(input_norm, bool):
+        raise ValueError(f"input_norm must be a bool, got {input_norm!r}")
     named = seeds(seed)
-    sizes = dict(T=cfg.T, v=cfg.v, alpha=cfg.alpha, min_len=cfg.min_len, max_len=cfg.max_len)
+    sizes = lda.corpus_sizes(cfg)
     rule = dict(p_select=cfg.p_select, p_random=cfg.p_random, p_keep=cfg.p_keep)
     train_tokens, _ = lda.sample_corpus(cfg.n_train, **sizes, seed=named["train_data"])
     dev_tokens, _ = lda.sample_corpus(cfg.n_dev, **sizes, seed=named["dev_data"])

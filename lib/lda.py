@@ -31,6 +31,27 @@ def check_topics(T, v, alpha) -> tuple[int, int, float]:
     return T, v, alpha
 
 
+def corpus_sizes(cfg) -> dict:
+    """The `sample_corpus` keywords ``T, v, alpha, min_len, max_len`` read from a configuration.
+
+    Parameters
+    ----------
+    cfg : object
+        Any configuration with those five attributes (chapter 7's ``Config``,
+        `lib.two_stage.StageConfig`, `lib.authors_demo.DemoConfig`).
+
+    Returns
+    -------
+    dict
+        ``sample_corpus(n_docs, **corpus_sizes(cfg), seed=...)`` draws its corpus.
+    """
+    names = ("T", "v", "alpha", "min_len", "max_len")
+    missing = [name for name in names if not hasattr(cfg, name)]
+    if missing:
+        raise ValueError(f"cfg lacks the corpus fields {missing}")
+    return {name: getattr(cfg, name) for name in names}
+
+
 def topic_of_id(T: int, v: int) -> np.ndarray:
     """Topic of every token id, shape (T*v + 4,): ``(id - 4) // v`` for words, ``-1`` for specials."""
     T, v, _ = check_topics(T, v, 1.0)

@@ -107,8 +107,10 @@ def load(folder, name: str, config: dict, keys, command: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; regenerate it with: {command}")
     record = json.loads(path.read_text())
-    if record["config"] != _plain(config):
-        changed = sorted(k for k in record["config"] if record["config"][k] != _plain(config).get(k))
+    stored, wanted = record["config"], _plain(config)
+    if stored != wanted:
+        changed = sorted(k for k in stored.keys() | wanted.keys()
+                         if k not in stored or k not in wanted or stored[k] != wanted[k])
         raise ValueError(f"{path} was made with another configuration (fields {changed}); "
                          f"regenerate it with: {command}")
     if record["code"]["dirty"] or record["code"]["commit"] == "unknown":

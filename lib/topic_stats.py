@@ -257,3 +257,36 @@ def stage_time(steps, values, fraction: float = 0.5) -> int:
         raise ValueError(f"values must rise from start to end, got {values[0]:.4g} -> "
                          f"{values[-1]:.4g}: a flat or falling curve has no stage time")
     return int(steps[np.argmax(rise >= fraction * rise[-1])])
+
+
+def late_rise_share(steps, values, tail: float = 0.2) -> float:
+    """Share of a curve's rise (start to end) made in the last ``tail`` of its steps.
+
+    A curve that has levelled off gives about 0 (or less, if it overshoots and falls back); a
+    curve still climbing at its last step gives a large share, and its `stage_time` is then a
+    lower bound: half of a rise that is not finished.
+
+    Parameters
+    ----------
+    steps, values : array_like, shape (n,)
+        A recorded curve that rises from start to end (as `stage_time` requires).
+    tail : float
+        In (0, 1): the last ``tail * steps[-1]`` steps count as late.
+
+    Returns
+    -------
+    float
+        ``(values[-1] - v(cut)) / (values[-1] - values[0])``, where ``v(cut)`` is the curve
+        linearly interpolated at step ``cut = (1 - tail) * steps[-1]``.
+
+    Raises
+    ------
+    ValueError
+        As `stage_time` for a curve without a rise, or if ``tail`` is not in (0, 1).
+    """
+    stage_time(steps, values)                             # validates shape, finiteness, rise
+    if not 0.0 < check_real("tail", tail, 0.0) < 1.0:
+        raise ValueError(f"tail must be in (0, 1), got {tail}")
+    steps, values = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    at_cut = np.interp((1.0 - tail) * steps[-1], steps, values)
+    return float((values[-1] - at_cut) / (values[-1] - values[0]))

@@ -3,9 +3,10 @@
 Every weight of `lib.one_layer` (``W^Q, W^K, W^V`` and biases) trains from a small
 initialisation on LDA documents; `run` records the value gap (`lib.topic_stats.value_gap`) and
 the attention ratio (`lib.topic_stats.attention_stats`) along the way. The step budget of a run
-scales as ``1 / lr`` from a reference budget per optimiser, so runs at every learning rate cover
-a comparable stretch of the dynamics. Chapter 7 times the stages with
-`lib.topic_stats.stage_time`.
+scales as ``1 / lr`` from a reference budget per optimiser. That budget does not guarantee a
+finished attention stage (with the stored SGD budgets the ratio is still rising at the end):
+chapter 7 times the stages with `lib.topic_stats.stage_time` and tests whether each curve has
+levelled off with `lib.topic_stats.late_rise_share`.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def run(cfg: StageConfig, optimizer: str, lr: float, seed: int) -> pd.DataFrame:
     """
     seed = check_int("seed", seed, 0)
     steps = cfg.budget(optimizer, lr)
-    sizes = dict(T=cfg.T, v=cfg.v, alpha=cfg.alpha, min_len=cfg.min_len, max_len=cfg.max_len)
+    sizes = lda.corpus_sizes(cfg)
     tokens, _ = lda.sample_corpus(cfg.n_train, **sizes, seed=3 * seed)
     train = lda.mask_corpus(tokens, cfg.T, cfg.v, p_select=cfg.p_select,
                             p_random=cfg.p_random, p_keep=cfg.p_keep, seed=3 * seed + 1)

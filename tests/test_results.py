@@ -36,6 +36,10 @@ def test_stale_or_missing_records_are_refused(tmp_path, clean, monkeypatch):
     results.add_run(tmp_path, "study", record, "s0", {})
     with pytest.raises(ValueError, match=r"another configuration \(fields \['lr'\]\)"):
         results.load(tmp_path, "study", {"lr": 2}, [], "make it")
+    with pytest.raises(ValueError, match=r"another configuration \(fields \['seeds'\]\)"):
+        results.load(tmp_path, "study", {"lr": 1, "seeds": [0]}, [], "make it")   # field added
+    with pytest.raises(ValueError, match=r"another configuration \(fields \['lr'\]\)"):
+        results.load(tmp_path, "study", {}, [], "make it")                   # field removed
     with pytest.raises(ValueError, match="another configuration or commit"):
         results.open_record(tmp_path, "study", {"lr": 2})
     monkeypatch.setattr(provenance, "code_state", lambda: {**CLEAN, "dirty": True})

@@ -251,6 +251,19 @@ def test_stage_time():
     assert topic_stats.stage_time([0, 10, 20, 30], [1.0, 1.1, 2.0, 3.0], fraction=1.0) == 30
 
 
+def test_late_rise_share():
+    steps = [0, 25, 50, 75, 100]
+    assert topic_stats.late_rise_share(steps, [0, 1, 2, 3, 4]) == pytest.approx(0.2)
+    assert topic_stats.late_rise_share(steps, [0, 4, 4, 4, 4]) == pytest.approx(0.0)
+    assert topic_stats.late_rise_share(steps, [0, 0, 0, 0, 4]) == pytest.approx(0.8)
+    assert topic_stats.late_rise_share(steps, [0, 5, 5, 5, 4]) == pytest.approx(-0.2)
+    assert topic_stats.late_rise_share(steps, [0, 1, 2, 3, 4], tail=0.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="must rise"):
+        topic_stats.late_rise_share(steps, [1, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match="tail"):
+        topic_stats.late_rise_share(steps, [0, 1, 2, 3, 4], tail=1.0)
+
+
 @pytest.mark.parametrize("values, match", [
     ([1.0, 1.0, 1.0, 1.0], "must rise"),                 # flat: used to return step 0
     ([3.0, 2.0, 1.5, 1.0], "must rise"),                 # falling: used to return step 0
@@ -427,6 +440,18 @@ def test_authors_demo_run_on_a_tiny_corpus():
     assert len({named[k] for k in ("train_data", "dev_data", "train_mask", "dev_mask")}) == 4
     with pytest.raises(ValueError, match="seed"):
         authors_demo.seeds(-1)
+    for bad in (1, None, "yes"):                                   # not a bool: refused
+        with pytest.raises(ValueError, match="input_norm"):
+            authors_demo.run(cfg, seed=1, input_norm=bad)
+
+
+def test_corpus_sizes_reads_the_five_corpus_fields():
+    from lib import authors_demo, two_stage
+    demo = authors_demo.DemoConfig(T=4, v=3, alpha=0.5, min_len=7, max_len=9)
+    assert lda.corpus_sizes(demo) == dict(T=4, v=3, alpha=0.5, min_len=7, max_len=9)
+    assert lda.corpus_sizes(two_stage.StageConfig())["max_len"] == 150
+    with pytest.raises(ValueError, match="min_len"):
+        lda.corpus_sizes(type("Partial", (), {"T": 2, "v": 2, "alpha": 1.0, "max_len": 5})())
 
 
 def test_two_stage_budget_and_run():
