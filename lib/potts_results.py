@@ -50,6 +50,11 @@ def read(folder, profile: str, expected: dict) -> tuple[pd.DataFrame, dict]:
         if stored.get(name) != value:
             raise ValueError(f"expected: {name} = {value!r}, but {paths[1].name} was computed "
                              f"with {stored.get(name)!r}; recompute it with {COMMAND}")
+    dirty = [run.get("commit") for run in [record.get("code", {}), *record.get("runs", [])]
+             if run.get("dirty")]
+    if dirty:
+        raise ValueError(f"{paths[1].name} holds fits from uncommitted code (commits {dirty}); "
+                         f"recompute them with {COMMAND}")
     return pd.read_csv(paths[0]), record
 
 

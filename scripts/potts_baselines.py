@@ -200,6 +200,9 @@ def main():
     if meta is not None and meta["config"] != record:
         sys.exit(f"{json_path} holds another configuration: delete it and {csv_path} to rerun")
     code = provenance.code_state()
+    if code["dirty"]:
+        sys.exit("the working tree differs from its commit: commit first, or run from a clean "
+                 "git worktree (every run records its commit; lib.potts_results refuses dirty ones)")
     if meta is not None and meta["code"]["commit"] != code["commit"]:
         print(f"note: adding rows from commit {code['commit']} to rows from "
               f"{meta['code']['commit']}", flush=True)

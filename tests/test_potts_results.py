@@ -23,6 +23,10 @@ def test_read_checks_the_shared_settings_and_names_the_command(tmp_path):
         potts_results.read(tmp_path, "laptop", {"L": 21})
     with pytest.raises(ValueError, match="expected: q = 10.*None"):
         potts_results.read(tmp_path, "laptop", {"q": 10})
+    record["runs"] = [{"commit": "abc", "dirty": False}, {"commit": "def", "dirty": True}]
+    (tmp_path / "baselines_laptop.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"uncommitted code \(commits \['def'\]\)"):
+        potts_results.read(tmp_path, "laptop", {"L": 20})
 
 
 def test_best_ridge_keeps_the_lowest_validation_loss_per_fit():
