@@ -10,8 +10,8 @@ uncommitted code.
 Two studies:
 
 - **ancestor probes** (:func:`ancestor_table`): the paper's two-layer readout
-  (`lib.probe.fit_two_layer_probes`) per model, layer (0 = embedding plus position) and ancestor
-  level ``m``, trained on the tokens of ``n_train`` fresh sequences of the full model and scored
+  (`lib.two_layer_probes.fit_two_layer_probes`) per model, layer (0 = embedding plus
+  position) and ancestor level ``m``, trained on the tokens of ``n_train`` fresh sequences of the full model and scored
   on ``n_test`` others, for the trained models and for a random encoder of each model shape;
   the probes' laws are compared with BP's exact ancestor laws (`lib.ancestor_laws`); one
   model's probes are refitted with a longer budget (:func:`budget_table`);
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import ancestor_laws, probe, provenance, store, tree
+from lib import ancestor_laws, probe, provenance, store, tree, two_layer_probes
 from lib.validate import check_int, check_real
 
 REGENERATE = ("git worktree add /tmp/probe_wt HEAD && OMP_NUM_THREADS=1 PYTHONPATH=/tmp/probe_wt "
@@ -156,7 +156,7 @@ def _fit(cfg: ProbeConfig, model, split: dict, Y: dict, q: int, max_epochs: int)
          for i, (s, lv) in enumerate(split.items())}
     start, cpu = time.perf_counter(), time.process_time()
     H = {s: _token_rows(probe.residual_stream(model, x[s])) for s in x}
-    fit = probe.fit_two_layer_probes(
+    fit = two_layer_probes.fit_two_layer_probes(
         H["train"], Y["train"], q, H["val"], Y["val"], hidden=cfg.hidden, lr=cfg.lr,
         lr_final=cfg.lr_final, batch_size=cfg.batch_size, max_epochs=max_epochs,
         patience=cfg.patience, seed=cfg.probe_seed)

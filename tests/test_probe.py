@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import ancestor_laws, bp, config, probe, probe_study, provenance, store, tree
+from lib import (ancestor_laws, bp, config, probe, probe_study, provenance, store, tree,
+                 two_layer_probes)
 from lib.transformer import ModelConfig, Transformer
 
 M = tree.random_grammar(3, seed=2)
@@ -139,7 +140,7 @@ def xor_code(n, rng):
 def test_two_layer_probe_decodes_a_planted_xor_code():
     rng = np.random.default_rng(0)
     (H, Y), (Hv, Yv), (Ht, Yt) = (xor_code(n, rng) for n in (6000, 1000, 2000))
-    fit = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, hidden=16, lr=1e-2, batch_size=256,
+    fit = two_layer_probes.fit_two_layer_probes(H, Y, 4, Hv, Yv, hidden=16, lr=1e-2, batch_size=256,
                                      max_epochs=20, seed=1)
     P = fit.predict_proba(Ht)
     assert P.shape == (2, 2, 2000, 4) and np.allclose(P.sum(-1), 1.0, atol=1e-5)
@@ -159,9 +160,9 @@ def test_two_layer_probes_are_seeded():
     H, Y = xor_code(800, rng)
     Hv, Yv = xor_code(200, rng)
     kwargs = dict(hidden=8, batch_size=128, max_epochs=3)
-    a = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=7, **kwargs)
-    b = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=7, **kwargs)
-    c = probe.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=8, **kwargs)
+    a = two_layer_probes.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=7, **kwargs)
+    b = two_layer_probes.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=7, **kwargs)
+    c = two_layer_probes.fit_two_layer_probes(H, Y, 4, Hv, Yv, seed=8, **kwargs)
     np.testing.assert_array_equal(a.W1, b.W1)
     np.testing.assert_array_equal(a.predict_proba(Hv), b.predict_proba(Hv))
     assert not np.array_equal(a.W1, c.W1)
@@ -188,13 +189,13 @@ def test_two_layer_probes_reject_bad_arguments(change, match):
     args = dict(H=np.zeros((2, 10, 5)), Y=np.zeros((2, 10), dtype=int), q=4,
                 H_val=np.zeros((2, 4, 5)), Y_val=np.zeros((2, 4), dtype=int)) | change
     with pytest.raises(ValueError, match=match):
-        probe.fit_two_layer_probes(**args)
+        two_layer_probes.fit_two_layer_probes(**args)
 
 
 def test_predict_proba_checks_its_input():
     rng = np.random.default_rng(4)
     H, Y = xor_code(300, rng)
-    fit = probe.fit_two_layer_probes(H, Y, 4, H, Y, hidden=4, max_epochs=1)
+    fit = two_layer_probes.fit_two_layer_probes(H, Y, 4, H, Y, hidden=4, max_epochs=1)
     with pytest.raises(ValueError, match=r"H must have shape \(2, n >= 1, 5\)"):
         fit.predict_proba(H[:1])
 
