@@ -110,8 +110,9 @@ def _inputs(cfg: TrainConfig, roots, leaves, masks: torch.Generator):
     return x, y, pos
 
 
-def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> None:
-    """One optimiser step on a training batch ``(roots, leaves)`` at learning rate ``lr``."""
+def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> float:
+    """One optimiser step on a training batch ``(roots, leaves)`` at learning rate ``lr``;
+    returns the batch's training loss (nats) before the step."""
     device = next(model.parameters()).device
     for group in opt.param_groups:
         group["lr"] = lr
@@ -125,6 +126,7 @@ def _step(cfg, model, opt, batch, masks, lr: float, amp: bool) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    return loss.item()
 
 
 def _load_encoder(model: Transformer, encoder: dict, freeze: bool) -> None:
