@@ -93,16 +93,28 @@ def _norm(tensors) -> float:
     return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors))
 
 
-def reference_kl(cfg: TrainConfig) -> dict[str, float]:
-    """KL(BP_k || law) in nats on the probe sequences of ``cfg`` for the two context-blind laws
-    (uniform root): ``"symbol law"`` (mean over positions of the leaf marginals) and
-    ``"position law"`` (each position's marginal)."""
+def reference_kl(cfg: TrainConfig, leaves: np.ndarray | None = None) -> dict[str, float]:
+    """KL(BP_k || law) in nats, averaged over ``leaves`` (n, L) (default: the probe sequences of
+    ``cfg``) and positions, for the two context-blind laws (uniform root): ``"symbol law"``
+    (mean over positions of the leaf marginals) and ``"position law"`` (each position's
+    marginal)."""
     M = run_data.grammar(cfg)
-    leaves = run_data.validation_set(cfg, M)[1][:N_PROBE]
+    if leaves is None:
+        leaves = run_data.validation_set(cfg, M)[1][:N_PROBE]
     p = bp.leaf_posterior(M, leaves, cfg.k_train)
     position = tree.path_marginals(M, cfg.depth).mean(axis=1)          # (L, q)
     symbol = np.broadcast_to(position.mean(axis=0), position.shape)
     return {"symbol law": _kl(p, np.log(symbol)), "position law": _kl(p, np.log(position))}
+
+
+def collapsed(kl: np.ndarray, refs: dict[str, float], last: int = 5) -> bool:
+    """Whether a run with KL(BP_k || network) ``kl`` (n_evaluations,), in training order, got
+    below the midpoint of the two laws of ``refs`` (:func:`reference_kl`) and ended, on average
+    over its ``last`` evaluations, above it."""
+    midpoint = (check_real("refs['symbol law']", refs["symbol law"], 0.0)
+                + check_real("refs['position law']", refs["position law"], 0.0)) / 2
+    final = np.asarray(kl, dtype=float)[-check_int("last", last, 1):].mean()
+    return bool(np.min(kl) < midpoint < final)
 
 
 def read(folder) -> tuple[pd.DataFrame, dict]:
@@ -119,21 +131,16 @@ def read(folder) -> tuple[pd.DataFrame, dict]:
 
 
 def verdicts(traces: pd.DataFrame, refs: dict[str, float], last: int = 5) -> pd.DataFrame:
-    """One row per (lr, seed): the lowest KL(BP_k || network) (nats) and its step, the mean KL
-    over the ``last`` probes, whether the run collapsed (module docstring; ``refs`` from
-    :func:`reference_kl`), the lowest attention entropy of any layer (nats) and the largest
-    update norm."""
-    midpoint = (check_real("refs['symbol law']", refs["symbol law"], 0.0)
-                + check_real("refs['position law']", refs["position law"], 0.0)) / 2
-    check_int("last", last, 1)
+    """One row per (lr, seed) of :func:`read`'s traces: the lowest KL(BP_k || network) (nats) and
+    its step, the mean KL over the ``last`` probes, whether the run :func:`collapsed`, the lowest
+    attention entropy of any layer (nats) and the largest update norm."""
     rows = []
     for (lr, seed), t in traces.groupby(["lr", "seed"]):
         probes = t.dropna(subset=["kl_bp"])
         kl = probes.kl_bp.to_numpy()
-        final = kl[-last:].mean()
         rows.append({"lr": lr, "seed": seed, "lowest KL": kl.min(),
-                     "lowest at step": int(probes.step.iloc[kl.argmin()]), "final KL": final,
-                     "collapsed": bool(kl.min() < midpoint < final),
+                     "lowest at step": int(probes.step.iloc[kl.argmin()]),
+                     "final KL": kl[-last:].mean(), "collapsed": collapsed(kl, refs, last),
                      "lowest attention entropy": probes.filter(like="attn_entropy_").min().min(),
                      "largest update norm": t.update_norm_max.max()})
     return pd.DataFrame(rows)

@@ -67,3 +67,11 @@ def test_trace_refuses_runs_it_cannot_trace():
         collapse.trace(replace(TINY, schedule="cosine"), 20)
     with pytest.raises(ValueError, match="probe_every"):
         collapse.trace(TINY, 25)
+
+
+def test_the_laws_can_be_read_on_any_sequences():
+    cfg = replace(TINY, k_train=TINY.depth)
+    M = run_data.grammar(cfg)
+    probes = run_data.validation_set(cfg, M)[1][:collapse.N_PROBE]
+    assert collapse.reference_kl(cfg, probes) == collapse.reference_kl(cfg)
+    assert collapse.reference_kl(cfg, probes[:8]) != collapse.reference_kl(cfg)
