@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib import bp, run_data, train, tree
+from lib import bp, calibration, run_data, train, tree
 from lib.config import TrainConfig
 from lib.validate import check_int, check_real
 
@@ -26,10 +26,9 @@ AGG = 10          # training steps per row of a trace
 N_PROBE = 128     # validation sequences of a probe (each position masked in turn)
 
 
-def _kl(p: np.ndarray, logq: np.ndarray) -> float:
-    """Mean over sequences and positions of KL(p || q) in nats; p, logq (..., q)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.where(p > 0, p * (np.log(p) - logq), 0.0).sum(-1).mean())
+def _mean_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean over predictions of KL(p || q) in nats; p (..., q), q broadcastable to it."""
+    return float(calibration.kl_per_prediction(p, np.broadcast_to(q, p.shape)).mean())
 
 
 def probe(model, M: np.ndarray, leaves: np.ndarray, k: int) -> dict:
@@ -40,22 +39,30 @@ def probe(model, M: np.ndarray, leaves: np.ndarray, k: int) -> dict:
     logp = train.log_probs(model, leaves).numpy()                       # (n, L, q)
     loss, acc = train.score(logp, leaves)
     row = {"val_loss": loss, "val_accuracy": acc,
-           "kl_bp": _kl(bp.leaf_posterior(M, leaves, k), logp),
+           "kl_bp": _mean_kl(bp.leaf_posterior(M, leaves, k), np.exp(logp)),
            "entropy": float(-(np.exp(logp) * logp).sum(-1).mean())}
     x = torch.from_numpy(leaves).clone()
     x[torch.arange(len(x)), torch.arange(len(x)) % x.shape[1]] = model.cfg.mask_id
     with torch.no_grad():
-        _, patterns = model(x, return_attention=True)
+        _, patterns = model(x.to(next(model.parameters()).device), return_attention=True)
     for layer, a in enumerate(patterns, 1):
         row[f"attn_entropy_{layer}"] = float(-(a * a.clamp_min(1e-30).log()).sum(-1).mean())
     return row
 
 
 def trace(cfg: TrainConfig, probe_every: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train ``cfg`` (masked tokens) with `lib.train.train`, unchanged, and return the trace
-    and the run's history (`lib.train.train`). The trace has one row per ``AGG`` steps: ``step``, ``lr``, mean ``train_loss``, largest global ``grad_norm_max`` and
-    ``update_norm_max`` of those steps; every ``probe_every`` steps also :func:`probe` on the
-    first ``N_PROBE`` validation sequences."""
+    """Train ``cfg`` (masked tokens) with `lib.train.train`, unchanged, and trace it.
+
+    Returns
+    -------
+    trace : pandas.DataFrame
+        One row per ``AGG`` training steps (a last incomplete group is left out): ``step`` (the
+        steps taken), ``lr``, the mean ``train_loss`` (nats) and the largest global
+        ``grad_norm_max`` and ``update_norm_max`` of those steps; every ``probe_every`` steps
+        also the :func:`probe` columns on the first ``N_PROBE`` validation sequences.
+    history : pandas.DataFrame
+        The run's history (`lib.train.train`); its ``wall_s`` includes the tracing.
+    """
     if cfg.task != "mlm" or cfg.schedule != "plateau":
         raise ValueError(f"cfg must be a masked-token run with schedule='plateau', got "
                          f"task={cfg.task!r}, schedule={cfg.schedule!r}")
@@ -104,7 +111,7 @@ def reference_kl(cfg: TrainConfig, leaves: np.ndarray | None = None) -> dict[str
     p = bp.leaf_posterior(M, leaves, cfg.k_train)
     position = tree.path_marginals(M, cfg.depth).mean(axis=1)          # (L, q)
     symbol = np.broadcast_to(position.mean(axis=0), position.shape)
-    return {"symbol law": _kl(p, np.log(symbol)), "position law": _kl(p, np.log(position))}
+    return {"symbol law": _mean_kl(p, symbol), "position law": _mean_kl(p, position)}
 
 
 def collapsed(kl: np.ndarray, refs: dict[str, float], last: int = 5) -> bool:
@@ -113,13 +120,17 @@ def collapsed(kl: np.ndarray, refs: dict[str, float], last: int = 5) -> bool:
     over its ``last`` evaluations, above it."""
     midpoint = (check_real("refs['symbol law']", refs["symbol law"], 0.0)
                 + check_real("refs['position law']", refs["position law"], 0.0)) / 2
-    final = np.asarray(kl, dtype=float)[-check_int("last", last, 1):].mean()
-    return bool(np.min(kl) < midpoint < final)
+    kl = np.asarray(kl, dtype=float)
+    if kl.ndim != 1 or kl.size == 0 or not np.isfinite(kl).all():
+        raise ValueError(f"kl must be a non-empty 1-d array of finite values, got {kl!r}")
+    final = kl[-check_int("last", last, 1):].mean()
+    return bool(kl.min() < midpoint < final)
 
 
 def read(folder) -> tuple[pd.DataFrame, dict]:
-    """Every trace in ``folder`` (written by ``scripts/mlm_collapse.py``) as one frame with
-    columns ``k``, ``lr``, ``seed`` added, and the runs' records from ``runs.json``."""
+    """Every trace in ``folder`` (written by ``scripts/mlm_collapse.py``) as one frame, the
+    :func:`trace` columns plus ``k``, ``lr``, ``seed``; and ``runs.json``, the record of each
+    trace file by name: ``code`` (`lib.provenance.code_state`), ``probe_every``, ``config``."""
     folder = Path(folder)
     runs = json.loads((folder / "runs.json").read_text())
     frames = []
@@ -131,16 +142,21 @@ def read(folder) -> tuple[pd.DataFrame, dict]:
 
 
 def verdicts(traces: pd.DataFrame, refs: dict[str, float], last: int = 5) -> pd.DataFrame:
-    """One row per (lr, seed) of :func:`read`'s traces: the lowest KL(BP_k || network) (nats) and
-    its step, the mean KL over the ``last`` probes, whether the run :func:`collapsed`, the lowest
-    attention entropy of any layer (nats) and the largest update norm."""
+    """One row per (k, lr, seed) of :func:`read`'s traces, all of one level ``k`` whose laws are
+    ``refs``: the lowest KL(BP_k || network) (nats) and its step, the mean KL over the ``last``
+    probes, whether the run :func:`collapsed`, the lowest attention entropy of any layer (nats),
+    and the largest update norm and its step."""
     rows = []
-    for (lr, seed), t in traces.groupby(["lr", "seed"]):
+    if traces.k.nunique() != 1:
+        raise ValueError(f"traces must hold one level k (refs are per level), got "
+                         f"{sorted(traces.k.unique())}")
+    for (k, lr, seed), t in traces.groupby(["k", "lr", "seed"]):
         probes = t.dropna(subset=["kl_bp"])
         kl = probes.kl_bp.to_numpy()
-        rows.append({"lr": lr, "seed": seed, "lowest KL": kl.min(),
+        rows.append({"k": k, "lr": lr, "seed": seed, "lowest KL": kl.min(),
                      "lowest at step": int(probes.step.iloc[kl.argmin()]),
                      "final KL": kl[-last:].mean(), "collapsed": collapsed(kl, refs, last),
                      "lowest attention entropy": probes.filter(like="attn_entropy_").min().min(),
-                     "largest update norm": t.update_norm_max.max()})
+                     "largest update norm": t.update_norm_max.max(),
+                     "largest update at step": int(t.step[t.update_norm_max.idxmax()])})
     return pd.DataFrame(rows)

@@ -47,6 +47,21 @@ def code_state() -> dict:
             "lib_sha256": digest.hexdigest()}
 
 
+#: The library files whose content decides what a training run computes (`lib.train` and what
+#: it calls; the run's own settings are its `lib.config.TrainConfig`).
+TRAINING_CODE = ("lib/train.py", "lib/transformer.py", "lib/run_data.py", "lib/tree.py",
+                 "lib/bp.py", "lib/schedule.py", "lib/resume.py")
+
+
+def changed_since(commit: str, paths) -> list[str] | None:
+    """Which of ``paths`` (relative to the repository root) differ between ``commit`` and the
+    working tree; ``None`` when git or the commit is not available (e.g. outside a clone)."""
+    try:
+        return _git("diff", "--name-only", commit, "--", *paths).split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def git_commit() -> str:
     """Commit of the checkout the library was imported from, with ``+dirty`` for local edits."""
     root = Path(__file__).resolve().parents[1]

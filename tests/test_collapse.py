@@ -37,7 +37,7 @@ def test_the_position_law_is_what_samples_show():
 
 def _trace(kl: list[float], lr=4e-3, seed=0) -> pd.DataFrame:
     n = len(kl)
-    return pd.DataFrame({"lr": lr, "seed": seed, "step": 50 * np.arange(1, n + 1),
+    return pd.DataFrame({"k": 4, "lr": lr, "seed": seed, "step": 50 * np.arange(1, n + 1),
                          "kl_bp": kl, "attn_entropy_1": np.linspace(2.7, 1.0, n),
                          "update_norm_max": 0.1})
 
@@ -60,6 +60,15 @@ def test_bad_arguments_are_named(bad):
     args = {"refs": {"symbol law": 0.03, "position law": 0.008}, "last": 5} | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
         collapse.verdicts(_trace([0.03]), **args)
+
+
+def test_the_rule_refuses_what_it_cannot_read():
+    refs = {"symbol law": 0.03, "position law": 0.008}
+    for kl in ([], [0.01, np.nan], [[0.01]]):
+        with pytest.raises(ValueError, match="kl must be"):
+            collapse.collapsed(kl, refs)
+    with pytest.raises(ValueError, match="one level k"):
+        collapse.verdicts(pd.concat([_trace([0.03]), _trace([0.03]).assign(k=3)]), refs)
 
 
 def test_trace_refuses_runs_it_cannot_trace():

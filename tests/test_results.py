@@ -59,3 +59,10 @@ def test_bad_arguments(tmp_path, clean):
     record = results.open_record(tmp_path, "study", {})
     with pytest.raises(ValueError, match="key must be"):
         results.add_run(tmp_path, "study", record, "", {})
+
+
+def test_changed_since_names_the_files_a_commit_changed():
+    last = provenance._git("log", "-1", "--format=%H", "--", "lib/train.py")
+    assert "lib/train.py" in provenance.changed_since(last + "^", ["lib/train.py"])
+    assert provenance.changed_since(last + "^", ["lib/no_such_file.py"]) == []
+    assert provenance.changed_since("0" * 40, provenance.TRAINING_CODE) is None
