@@ -64,10 +64,18 @@ def _stop(*_) -> None:
     sys.exit(143)
 
 
+def restore_sigint() -> None:
+    """Local jobs are cancelled by SIGINT, which a runner started in the background (nohup, &)
+    inherits as ignored and passes on, ignored, to its jobs: give it the default handler."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> int:
     args = parse()
     # SIGTERM (kill, a batch system's stop) unwinds like Ctrl-C, so the runner cancels its jobs
     signal.signal(signal.SIGTERM, _stop)
+    restore_sigint()
     runs = SWEEPS[args.sweep](args.profile)
     args.root = args.root or ROOTS.get(args.sweep, store.STORE)
     unknown = set(args.only or ()) - set(runs)

@@ -1,5 +1,6 @@
 """Tests of lib.sweep and scripts/regenerate_models.py on the tiny sweep (seconds per run)."""
 import fcntl
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,20 @@ def test_the_local_executor_trains_in_separate_processes(tmp_path):
     for name, cfg in runs.items():
         _, history, info = store.require(cfg, name, tmp_path)
         assert info["stop_step"] == history.step.max()
+
+
+def test_jobs_of_a_background_runner_can_still_be_cancelled():
+    """nohup and & start the runner with SIGINT ignored; its jobs (cancelled by SIGINT) must
+    not inherit that."""
+    child = "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"
+    runner = ("import signal, subprocess, sys; sys.path[:0] = ['scripts', '.']\n"
+              "import regenerate_models\n"
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+              "text=True).stdout.strip())\n"
+              "regenerate_models.restore_sigint()\n"
+              f"print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, "
+              "text=True).stdout.strip())")
+    out = subprocess.run([sys.executable, "-c", runner], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert out.stdout.split() == ["True", "False"], out.stderr
