@@ -107,24 +107,36 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
     """One row per stored run of ``sweep``: task (:func:`label`), k, P, seed, n_test, accuracy,
     bp_accuracy (fractions, on the same test sequences), best_step, stop_step, train_s, key,
     commit. Runs not stored yet are left out (:func:`p_star` refuses an incomplete grid)."""
-    rows, bp_acc = [], {}
+    rows, references = [], {}
     for name, cfg in sweep.items():
         if store.status(cfg, root) != "ok":
             continue
-        stem = Path(root) / store.key(cfg)
-        meta = json.loads(Path(f"{stem}.json").read_text())["provenance"]
-        history = pd.read_csv(f"{stem}.csv")
-        final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
-        if cfg.n_test not in bp_acc:                  # every run tests on the same sets
-            bp_acc[cfg.n_test] = reference.bp_reference(cfg)
-        bp = reference.bp_accuracy(bp_acc[cfg.n_test], cfg.k_train, cfg.k_train)
+        final, meta = scored(cfg, root, references)
         rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
-                     "seed": cfg.init_seed, "n_test": int(final.n_test.item()),
-                     "accuracy": final.accuracy.item(), "bp_accuracy": bp,
-                     "best_step": meta["best_step"], "stop_step": meta["stop_step"],
-                     "train_s": round(meta["train_s"], 1), "key": store.key(cfg),
-                     "commit": meta["commit"]})
+                     "seed": cfg.init_seed, **final, "best_step": meta["best_step"],
+                     "stop_step": meta["stop_step"], "train_s": round(meta["train_s"], 1),
+                     "key": store.key(cfg), "commit": meta["commit"]})
     return pd.DataFrame(rows)
+
+
+def scored(cfg: TrainConfig, root: Path, references: dict) -> tuple[dict, dict]:
+    """A stored run's final evaluation on its own level and exact BP's on the same sequences.
+
+    Returns ``({"n_test", "accuracy", "bp_accuracy"}, provenance)``: the run's evaluation at its
+    stopping step on test level ``k_train``, BP(k_train, k_train) on those sequences, and the
+    entry's provenance record. ``references`` caches the BP tables (`lib.reference.bp_reference`)
+    across runs that share their test sets; it is filled in place.
+    """
+    stem = Path(root) / store.key(cfg)
+    meta = json.loads(Path(f"{stem}.json").read_text())["provenance"]
+    history = pd.read_csv(f"{stem}.csv")
+    final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
+    tests = (cfg.task, cfg.q, cfg.depth, cfg.sigma, cfg.grammar_seed, cfg.test_seed, cfg.n_test)
+    if tests not in references:
+        references[tests] = reference.bp_reference(cfg)
+    bp = reference.bp_accuracy(references[tests], cfg.k_train, cfg.k_train)
+    return {"n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
+            "bp_accuracy": bp}, meta
 
 
 def p_star(results: pd.DataFrame, eps: float, sizes) -> pd.DataFrame:

@@ -14,8 +14,10 @@ diff's hash and leaves the entry flagged stale). ``--sweep legacy`` names the fi
 the chapters show until every converged run is stored; ``--sweep tiny`` is the seconds-long
 sweep CI exercises; ``--sweep sample_complexity`` trains root classifiers on fixed training sets
 (lib.sample_complexity) into data/sample_complexity and then rewrites its table,
-data/sample_complexity.csv; ``--sweep chapter5`` trains chapter 5's one-head, depth-layer
-encoders (lib.paper_shaped). ``--prune`` deletes entries that belong to no run of any sweep.
+data/sample_complexity.csv; ``--sweep depth`` trains chapter 4's k = 0 runs with 1 to depth + 1
+layers (lib.depth_sweep) and rewrites data/depth.csv; ``--sweep chapter5`` trains chapter 5's
+one-head, depth-layer encoders (lib.paper_shaped). ``--prune`` deletes entries that belong to no
+run of any sweep.
 """
 from __future__ import annotations
 
@@ -25,14 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-from lib import config, paper_shaped, sample_complexity, store, sweep
+from lib import config, depth_sweep, paper_shaped, sample_complexity, store, sweep
 from lib.provenance import PROFILES
 
 SWEEPS = {"chapter4": config.chapter4_runs, "legacy": config.legacy_chapter4_runs,
           "tiny": config.tiny_runs, "sample_complexity": sample_complexity.runs,
-          "chapter5": paper_shaped.runs}
+          "chapter5": paper_shaped.runs, "depth": depth_sweep.runs}
 #: Where each sweep's entries live (default: the model store, data/models).
 ROOTS = {"sample_complexity": sample_complexity.STORE}
+#: Sweeps with a committed table of their laptop runs: (function making it, file).
+TABLES = {"sample_complexity": (sample_complexity.table, sample_complexity.TABLE),
+          "depth": (depth_sweep.table, depth_sweep.TABLE)}
 
 
 def parse() -> argparse.Namespace:
@@ -71,6 +76,18 @@ def restore_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def write_table(name: str, profile: str, root: Path) -> None:
+    """Rewrite the committed table of sweep ``name`` from its stored laptop runs (only those)."""
+    make, path = TABLES[name]
+    if (profile, root.resolve()) != ("laptop", ROOTS.get(name, store.STORE).resolve()):
+        print(f"{path} not rewritten: it holds the laptop runs of {name}, not {profile} runs "
+              f"in {root}")
+        return
+    results = make(SWEEPS[name](profile), root)
+    results.to_csv(path, index=False, float_format="%.6g")
+    print(f"wrote {len(results)} rows to {path}")
+
+
 def main() -> int:
     args = parse()
     # SIGTERM (kill, a batch system's stop) unwinds like Ctrl-C, so the runner cancels its jobs
@@ -102,14 +119,8 @@ def main() -> int:
     for name, error in failed.items():
         print(f"{name:16s} FAILED  {error}")
     print(f"total {time.perf_counter() - start:.0f} s wall, {len(done)} trained, {len(failed)} failed")
-    if args.sweep == "sample_complexity":
-        if (args.profile, args.root.resolve()) == ("laptop", sample_complexity.STORE.resolve()):
-            results = sample_complexity.table(SWEEPS[args.sweep](args.profile), args.root)
-            results.to_csv(sample_complexity.TABLE, index=False, float_format="%.6g")
-            print(f"wrote {len(results)} rows to {sample_complexity.TABLE}")
-        else:
-            print(f"{sample_complexity.TABLE} not rewritten: it holds the laptop runs of "
-                  f"{sample_complexity.STORE}, not {args.profile} runs in {args.root}")
+    if args.sweep in TABLES:
+        write_table(args.sweep, args.profile, args.root)
     if args.prune:
         keep = {store.key(c) for sweep_of in SWEEPS.values() for p in PROFILES
                 for c in sweep_of(p).values()}

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -118,3 +119,24 @@ def test_jobs_of_a_background_runner_can_still_be_cancelled():
                          text=True, timeout=120,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_a_sweeps_table_is_rewritten_only_from_its_own_laptop_store(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import regenerate_models
+
+    table = tmp_path / "table.csv"
+
+    def count(runs, root):
+        return pd.DataFrame({"runs": [len(runs)], "root": [str(root)]})
+
+    monkeypatch.setitem(regenerate_models.TABLES, "tiny", (count, table))
+    monkeypatch.setitem(regenerate_models.ROOTS, "tiny", tmp_path)
+    regenerate_models.write_table("tiny", "paper", tmp_path)
+    regenerate_models.write_table("tiny", "laptop", tmp_path / "elsewhere")
+    assert not table.exists() and capsys.readouterr().out.count("not rewritten") == 2
+    regenerate_models.write_table("tiny", "laptop", tmp_path)
+    written = pd.read_csv(table)
+    assert list(written.runs) == [len(config.tiny_runs())]
+    assert list(written.root) == [str(tmp_path)]
