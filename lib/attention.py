@@ -88,3 +88,29 @@ def block_locality(patterns) -> np.ndarray:
 def uniform_locality(depth: int) -> np.ndarray:
     """Block-locality score of uniform attention, ``2**m / 2**depth`` for ``m = 0..depth``."""
     return block_masks(depth).sum(axis=(1, 2)) / 4**depth
+
+
+def block_scale(scores, level: float = 0.9) -> np.ndarray:
+    """The smallest aligned block that keeps at least ``level`` of a pattern's attention.
+
+    Parameters
+    ----------
+    scores : array_like, shape (..., depth + 1)
+        Block-locality scores (:func:`block_locality`), non-decreasing in ``m``, 1 at
+        ``m = depth``.
+    level : float
+        Share of the attention the block must keep, in ``(0, 1]``.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (...)
+        ``2**m`` for the smallest such ``m``: 1 for attention to the query itself, 2 for
+        siblings, ``2**depth`` when only the whole sequence keeps ``level``.
+    """
+    S = np.asarray(scores, dtype=float)
+    if S.ndim < 1 or S.shape[-1] < 1 or not np.allclose(S[..., -1], 1.0, atol=1e-6):
+        raise ValueError("scores must have shape (..., depth + 1) with last entry 1, "
+                         f"got shape {S.shape}")
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level must be in (0, 1], got {level!r}")
+    return 2 ** np.argmax(S >= level - 1e-9, axis=-1)

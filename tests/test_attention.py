@@ -67,3 +67,24 @@ def test_bad_depth_and_inputs_raise():
         attention.average_patterns(model, np.zeros((2, 8), dtype=int))
     with pytest.raises(ValueError, match="token ids"):
         attention.average_patterns(model, np.full((2, 16), 4))
+
+
+def test_block_scale_reads_the_smallest_block_that_keeps_the_attention():
+    L, depth = 16, 4
+    self_only, siblings = np.eye(L), np.kron(np.eye(L // 2), np.full((2, 2), 0.5))
+    leaky = 0.95 * siblings + 0.05 / L                     # 0.95 + 0.05 * 2 / 16 in pairs
+    patterns = np.stack([self_only, siblings, leaky, np.full((L, L), 1 / L)])
+    scores = attention.block_locality(patterns)
+    np.testing.assert_array_equal(attention.block_scale(scores), [1, 2, 2, L])
+    # a stricter level pushes the leaky pattern out to the block that holds 0.99 of it
+    assert attention.block_scale(scores[2], 0.99) == 16
+    assert attention.block_scale(scores[2], 0.95) == 2
+    assert attention.block_scale(attention.uniform_locality(depth), 0.5) == 8
+
+
+@pytest.mark.parametrize("scores, level, match", [
+    ([0.2, 0.5], 0.9, "last entry 1"), ([0.2, 1.0], 0.0, "level must be in"),
+    ([0.2, 1.0], 1.5, "level must be in")])
+def test_block_scale_rejects_bad_input(scores, level, match):
+    with pytest.raises(ValueError, match=match):
+        attention.block_scale(scores, level)
