@@ -16,8 +16,8 @@ Two studies:
   the probes' laws are compared with BP's exact ancestor laws (`lib.ancestor_laws`); one
   model's probes are refitted with a longer budget (:func:`budget_table`);
 - **checkpoint probes** (:func:`checkpoint_table`): the linear probes (`lib.probe.fit_probe`)
-  of every layer and level at each stored checkpoint of the ``k = 0`` runs, the protocol chapter
-  5 used to fit on the page (500 sequences per fit).
+  of every layer and level at each stored checkpoint of the ``k = 0`` runs and at their final
+  model, the protocol chapter 5 used to fit on the page (500 sequences per fit).
 
 Masked-token models read every sequence with one masked position (they were trained so); root
 models read the sequences as they are. Introduced in chapter 5.
@@ -239,19 +239,16 @@ def budget_table(cfg: ProbeConfig, runs: dict, M: np.ndarray) -> pd.DataFrame:
 def checkpoint_table(cfg: ProbeConfig, runs: dict, M: np.ndarray, progress=None
                      ) -> pd.DataFrame:
     """Linear probes (`lib.probe.fit_probe`) of every layer and ancestor level at every stored
-    checkpoint of the runs ``mlm_k0`` and ``root_k0``: held-out accuracy per
-    (task, step, layer, m)."""
+    checkpoint of the runs ``mlm_k0`` and ``root_k0`` and at their final model (its stopping
+    step): held-out accuracy per (task, step, layer, m)."""
     q, depth = M.shape[0], runs["mlm_k0"].depth
     train_lv = _split(M, depth, cfg.linear_n_train, cfg.linear_train_seed)
     test_lv = _split(M, depth, cfg.linear_n_test, cfg.linear_test_seed)
     rows = []
     for task in ("mlm", "root"):
         name = f"{task}_k0"
-        checkpoints = store.load_checkpoints(runs[name])
-        if checkpoints is None:
-            raise store.MissingEntry(f"the model store has no entry for run {name}; "
-                                     f"regenerate it with: python scripts/regenerate_models.py "
-                                     f"--only {name}")
+        final, _, info = store.require(runs[name], name)
+        checkpoints = store.load_checkpoints(runs[name]) | {info["stop_step"]: final}
         x_train = inputs(task, train_lv[-1], q, cfg.linear_mask_seed + 1)
         x_test = inputs(task, test_lv[-1], q, cfg.linear_mask_seed + 2)
         for step, model in (progress or (lambda x: x))(checkpoints.items()):

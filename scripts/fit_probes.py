@@ -6,7 +6,8 @@ Reads the models of the store (never trains them) and fits, one after the other:
   `lib.probe_study.ProbeConfig.models` and of a random encoder of each model shape, per layer
   and ancestor level, scored against the true ancestors and BP's exact ancestor laws;
 - the same probes of one model with twice the epochs (what the short budget costs);
-- the linear probes at the nine checkpoints of the k = 0 runs (chapter 5, section 5).
+- the linear probes at the checkpoints and final models of the k = 0 runs (chapter 5,
+  section 5).
 
 The record names the code it ran, so run it from a clean checkout of a commit, for example a
 worktree, writing into the main checkout:
@@ -38,7 +39,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cfg = probe_study.ProbeConfig()
-    runs = config.legacy_chapter4_runs(provenance.profile())
+    runs = config.chapter4_runs(provenance.profile())
     M = run_data.grammar(runs[cfg.models[0]])
     print(cfg, flush=True)
 

@@ -1,6 +1,7 @@
 """Tests of lib.probe, lib.ancestor_laws and lib.probe_study: hooks, ancestors from sample_tree,
 linear and two-layer probes on planted codes, the seeded random-encoder control, BP's ancestor
 laws against enumeration, divergences, and the stored probe tables' checks."""
+import functools
 import json
 
 import exact
@@ -10,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import (ancestor_laws, bp, config, probe, probe_study, provenance, store, tree,
-                 two_layer_probes)
+from lib import (ancestor_laws, bp, config, probe, probe_study, provenance, store, sweep,
+                 tree, two_layer_probes)
 from lib.transformer import ModelConfig, Transformer
 
 M = tree.random_grammar(3, seed=2)
@@ -345,3 +346,26 @@ def test_stored_tables_are_checked_against_config_models_and_code(tmp_path, monk
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="uncommitted code"):
         probe_study.load(tmp_path, cfg, runs)
+
+
+def test_checkpoint_probes_cover_every_checkpoint_and_the_final_model(tmp_path, monkeypatch):
+    clean = {"commit": "a" * 40, "dirty": False, "diff_sha256": None, "lib_sha256": "b"}
+    monkeypatch.setattr(store, "code_state", lambda: clean)
+    tiny = config.tiny_runs()
+    runs = {"mlm_k0": tiny["tiny_mlm"], "root_k0": tiny["tiny_root"]}
+    done, failed = sweep.run(runs, "inline", root=tmp_path, progress=False)
+    assert failed == {}
+    stop = {job["name"].split("_")[0]: job["stop_step"] for job in done}
+    for name in ("require", "load_checkpoints"):        # read the temporary store
+        monkeypatch.setattr(store, name, functools.partial(getattr(store, name),
+                                                           root=tmp_path))
+    cfg = probe_study.ProbeConfig(linear_n_train=40, linear_n_test=30)
+    grammar = tree.random_grammar(tiny["tiny_mlm"].q, tiny["tiny_mlm"].sigma,
+                                  tiny["tiny_mlm"].grammar_seed)
+    table = probe_study.checkpoint_table(cfg, runs, grammar)
+    for task, run in (("mlm", runs["mlm_k0"]), ("root", runs["root_k0"])):
+        steps = sorted(table.query("task == @task").step.unique())
+        assert steps == sorted({*run.checkpoints, stop[task]}) and stop[task] > 20
+        rows = table.query("task == @task and step == @steps[-1]")
+        assert len(rows) == (run.model.n_layers + 1) * run.depth     # layers x levels
+    assert table.accuracy.between(0, 1).all()
