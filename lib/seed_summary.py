@@ -14,7 +14,7 @@ import pandas as pd
 
 from lib.reference import bp_accuracy
 from lib.stats import mean_se
-from lib.validate import check_real
+from lib.validate import check_int, check_real
 
 
 def final(history: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +99,47 @@ def on_full_data(histories: dict[tuple[int, int], pd.DataFrame],
     summary = _summarise(per_seed, "k", ["minus BP(k, 0)", "KL to BP_k", "KL to BP_0"])
     summary.insert(0, "BP(k, 0)", [bp_accuracy(reference, k, 0) for k in summary.index])
     return per_seed, summary
+
+
+def kl_fall(histories: dict[tuple[int, int], pd.DataFrame], n_monitor: int,
+            window: int) -> pd.DataFrame:
+    """How fast each run still approached BP_k when it stopped.
+
+    Parameters
+    ----------
+    histories : dict
+        ``{(k, seed): history}`` with the columns ``kl_bp<k>`` and ``n_test``.
+    n_monitor : int
+        Size of the monitored test subsets (the rows compared; the final full-set row is not).
+    window : int
+        Steps, at least 1: the last monitored evaluation is compared with the one ``window``
+        steps before it (or the nearest earlier one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per run: k, seed, steps (the stop), step and KL (nats) of the two monitored
+        evaluations on level-``k`` data, and "fall %", the relative decrease of the KL.
+    """
+    _check(histories)
+    check_int("n_monitor", n_monitor, 1)
+    check_int("window", window, 1)
+    rows = []
+    for (k, s), h in sorted(histories.items()):
+        mon = h[(h.n_test == n_monitor) & (h.k_test == k)].set_index("step")[f"kl_bp{k}"]
+        if len(mon) < 2:
+            raise ValueError(f"run (k={k}, seed={s}) has fewer than two monitored evaluations "
+                             f"of n_test = {n_monitor}")
+        last = mon.index.max()
+        before = mon.index[mon.index <= last - window].max()
+        if np.isnan(before):
+            raise ValueError(f"window = {window} reaches before the first evaluation of run "
+                             f"(k={k}, seed={s})")
+        rows.append({"k": k, "seed": s, "steps": int(h.step.max()), "from step": int(before),
+                     "to step": int(last), "KL from": mon[before], "KL to": mon[last]})
+    out = pd.DataFrame(rows)
+    out["fall %"] = 100 * (1 - out["KL to"] / out["KL from"])
+    return out
 
 
 def nearest_by_kl(kl: pd.DataFrame, ratio: float = 0.5) -> pd.Series:

@@ -55,6 +55,31 @@ def test_nearest_row_by_kl_and_its_stages():
     assert ss.nearest_by_kl(kl[["kl_bp2", "kl_bp0", "kl_bp1"]]).tolist() == [2, -1, 1, 0]
 
 
+def monitored(kl_by_step, k=1, n_monitor=8):
+    """Monitored level-k rows with the given KL(BP_k || net), then a final full-set row."""
+    rows = [{"step": step, "k_test": k, "n_test": n_monitor, "accuracy": 0.5, f"kl_bp{k}": kl}
+            for step, kl in kl_by_step.items()]
+    rows.append({"step": max(kl_by_step) + 100, "k_test": k, "n_test": 4 * n_monitor,
+                 "accuracy": 0.5, f"kl_bp{k}": 123.0})   # the full set: never compared
+    return pd.DataFrame(rows)
+
+
+def test_kl_fall_compares_the_last_monitored_evaluation_with_one_a_window_before():
+    hist = {(1, 0): monitored({0: 1.0, 1000: 0.4, 2000: 0.3, 3000: 0.2}),
+            (1, 1): monitored({0: 1.0, 500: 0.5, 1500: 0.5})}
+    fall = ss.kl_fall(hist, n_monitor=8, window=1500)
+    assert fall["from step"].tolist() == [1000, 0] and fall["to step"].tolist() == [3000, 1500]
+    assert fall["steps"].tolist() == [3100, 1600]
+    assert fall["fall %"].tolist() == pytest.approx([50.0, 50.0])
+    assert ss.kl_fall(hist, 8, 1000)["fall %"].tolist() == pytest.approx([100 / 3, 0.0])
+    with pytest.raises(ValueError, match="window = 2000 reaches before"):
+        ss.kl_fall(hist, 8, 2000)
+    with pytest.raises(ValueError, match="fewer than two monitored"):
+        ss.kl_fall(hist, 16, 1000)
+    with pytest.raises(ValueError, match="window"):
+        ss.kl_fall(hist, 8, 0)
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: ss.nearest_by_kl(pd.DataFrame({"kl_bp0": [1.0]})), "at least two columns"),
     (lambda: ss.nearest_by_kl(pd.DataFrame({"kl_bp0": [1.0], "acc": [1.0]})), "kl_bp<m>"),
