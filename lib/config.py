@@ -207,12 +207,6 @@ def train_config(task: str, profile: str, k_train: int = 0, **fields) -> TrainCo
     return replace(cfg, **fields)
 
 
-def checkpoint_steps(n_steps: int) -> tuple[int, ...]:
-    """Step 0 and the fractions ``2**-7, 2**-6, ..., 1`` of ``n_steps`` (rounded): nine checkpoints."""
-    check_int("n_steps", n_steps, 1)
-    return tuple(sorted({0, *(round(n_steps * 2.0**-e) for e in range(8))}))
-
-
 def power_checkpoints(n_steps: int, first: int = 32) -> tuple[int, ...]:
     """Step 0 and the powers of two from ``first`` up to ``n_steps``: checkpoints of a run whose
     length a convergence criterion decides (those past the stopping step are never reached)."""
@@ -263,40 +257,6 @@ def chapter4_runs(profile: str) -> dict[str, TrainConfig]:
                 if k == 0 and seed == 0:
                     cfg = replace(cfg, checkpoints=power_checkpoints(cfg.n_steps))
                 runs[f"{task}_k{k}" + (f"_s{seed}" if seed else "")] = cfg
-    return runs
-
-
-def legacy_chapter4_runs(profile: str) -> dict[str, TrainConfig]:
-    """The fixed-budget runs chapters 4 and 5 show until the store holds every run of
-    :func:`chapter4_runs`: both tasks at each ``k`` (the ``k = 0`` runs keep
-    :func:`checkpoint_steps` for chapter 5), the masked-token runs again with a four times
-    longer schedule (``laptop``; in ``paper`` they are the same runs), a depth sweep (root,
-    k = 0, 1 to depth layers) and a training-set-size sweep (root, k in {0, 2, 4})."""
-    depth = BOOK_SETTING["depth"]
-    runs = {}
-    for task in ("root", "mlm"):
-        cfg = train_config(task, profile, 0)
-        runs[f"{task}_k0"] = replace(cfg, checkpoints=checkpoint_steps(cfg.n_steps))
-    runs |= {f"{task}_k{k}": train_config(task, profile, k) for task in ("root", "mlm")
-             for k in range(1, depth + 1)}
-    for k in range(depth + 1):     # paper: its schedule is already long, so the same runs
-        mlm = train_config("mlm", profile, k)
-        runs[f"mlm_k{k}_long"] = (replace(mlm, n_steps=4 * mlm.n_steps) if profile == "laptop"
-                                  else runs[f"mlm_k{k}"])
-    base = train_config("root", profile, 0)
-    for n_layers in range(1, depth + 1):        # laptop: a fixed budget of 2,000 steps
-        runs[f"root_k0_layers{n_layers}"] = replace(
-            base, model=replace(base.model, n_layers=n_layers),
-            n_steps=2000 if profile == "laptop" else base.n_steps,
-            n_evals=10 if profile == "laptop" else base.n_evals)
-    sizes = (2**9, 2**12) if profile == "laptop" else tuple(2**p for p in range(9, 21))
-    for k in (0, 2, 4):
-        for P in sizes:
-            base = train_config("root", profile, k)
-            steps = 400 if profile == "laptop" else 200 * P // base.batch_size   # paper: 200 epochs
-            runs[f"root_k{k}_P{P}"] = replace(base, n_train=P, n_steps=steps,
-                                              n_evals=10 if profile == "laptop" else base.n_evals,
-                                              warmup_steps=min(base.warmup_steps, 100))
     return runs
 
 

@@ -10,8 +10,8 @@ Usage (from the repository root):
 Runs already stored with exactly their config and a clean commit are kept (``--force``
 retrains them); a run interrupted mid-way resumes from its partial state in data/models/partial.
 Entries are saved only from a clean working tree (commit first; ``--allow-dirty`` records the
-diff's hash and leaves the entry flagged stale). ``--sweep legacy`` names the fixed-budget runs
-the chapters show until every converged run is stored; ``--sweep tiny`` is the seconds-long
+diff's hash and leaves the entry flagged stale). ``--sweep chapter4`` (the default) names the
+converged, seeded runs of chapters 4 and 5; ``--sweep tiny`` is the seconds-long
 sweep CI exercises; ``--sweep sample_complexity`` trains root classifiers on fixed training sets
 (lib.sample_complexity) into data/sample_complexity and then rewrites its table,
 data/sample_complexity.csv; ``--sweep depth`` trains chapter 4's k = 0 runs with 1 to depth + 1
@@ -30,9 +30,9 @@ from pathlib import Path
 from lib import config, depth_sweep, paper_shaped, sample_complexity, store, sweep
 from lib.provenance import PROFILES
 
-SWEEPS = {"chapter4": config.chapter4_runs, "legacy": config.legacy_chapter4_runs,
-          "tiny": config.tiny_runs, "sample_complexity": sample_complexity.runs,
-          "chapter5": paper_shaped.runs, "depth": depth_sweep.runs}
+SWEEPS = {"chapter4": config.chapter4_runs, "tiny": config.tiny_runs,
+          "sample_complexity": sample_complexity.runs, "chapter5": paper_shaped.runs,
+          "depth": depth_sweep.runs}
 #: Where each sweep's entries live (default: the model store, data/models).
 ROOTS = {"sample_complexity": sample_complexity.STORE}
 #: Sweeps with a committed table of their laptop runs: (function making it, file).

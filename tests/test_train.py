@@ -165,16 +165,6 @@ def test_profiles():
     assert config.train_config("mlm", "paper").n_train == 2**18
     with pytest.raises(ValueError, match="profile"):
         config.train_config("root", "desktop")
-    assert config.checkpoint_steps(4000) == (0, 31, 62, 125, 250, 500, 1000, 2000, 4000)
-    for profile in ("laptop", "paper"):
-        runs = config.legacy_chapter4_runs(profile)
-        assert [n for n, c in runs.items() if c.checkpoints][:2] == ["root_k0", "mlm_k0"]
-        assert runs["mlm_k0"].checkpoints[-1] == runs["mlm_k0"].n_steps
-    laptop_runs = config.legacy_chapter4_runs("laptop")
-    paper_runs = config.legacy_chapter4_runs("paper")
-    for k in range(5):
-        assert laptop_runs[f"mlm_k{k}_long"].n_steps == 4 * laptop_runs[f"mlm_k{k}"].n_steps
-        assert paper_runs[f"mlm_k{k}_long"] == paper_runs[f"mlm_k{k}"]
 
 
 def test_plateau_run_converges_before_its_cap_and_records_validation():
