@@ -135,9 +135,9 @@ def time_to_bp(cfg, history: pd.DataFrame) -> tuple[float, float]:
 
 
 def time_to_bp_table(retrain: bool) -> pd.DataFrame:
-    rows = []
+    rows, runs = [], config.chapter4_runs("laptop")
     for task in ("root", "mlm"):
-        cfg = config.chapter4_runs("laptop")[f"{task}_k0"]
+        cfg = runs[f"{task}_k0"]
         if retrain:
             _, history, info, _ = train.train(cfg)
         else:
