@@ -105,8 +105,9 @@ def label(name: str) -> str:
 
 def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
     """One row per stored run of ``sweep``: task (:func:`label`), k, P, seed, n_test, accuracy,
-    bp_accuracy (fractions, on the same test sequences), best_step, stop_step, train_s, key,
-    commit. Runs not stored yet are left out (:func:`p_star` refuses an incomplete grid)."""
+    bp_accuracy (fractions, on the same test sequences), best_step, stop_step, converged
+    (stopped by the criterion, not the step cap), train_s, key, commit. Runs not stored yet
+    are left out (:func:`p_star` refuses an incomplete grid)."""
     rows, references = [], {}
     for name, cfg in sweep.items():
         if store.status(cfg, root) != "ok":
@@ -114,7 +115,8 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
         final, meta = scored(cfg, root, references)
         rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
                      "seed": cfg.init_seed, **final, "best_step": meta["best_step"],
-                     "stop_step": meta["stop_step"], "train_s": round(meta["train_s"], 1),
+                     "stop_step": meta["stop_step"], "converged": meta["converged"],
+                     "train_s": round(meta["train_s"], 1),
                      "key": store.key(cfg), "commit": meta["commit"]})
     return pd.DataFrame(rows)
 

@@ -78,6 +78,7 @@ def test_table_holds_one_row_per_stored_run_scored_against_bp(tmp_path, clean):
     exact = bp.root_posterior(run_data.grammar(cfg), leaves, 0).argmax(-1)
     assert row.bp_accuracy == pytest.approx((exact == roots).mean(), abs=1e-9)
     assert row.best_step == info["best_step"] <= row.stop_step
+    assert row.converged == info["converged"] == (row.stop_step < cfg.n_steps)
 
 
 def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
