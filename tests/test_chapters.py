@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("*.md"))
-PAGES = CHAPTERS + [ROOT / "intro.md"]      # every executed page, the landing page included
+#: every executed page, the landing page included, and the drafts waiting in chapters/pending
+PAGES = CHAPTERS + [ROOT / "intro.md"] + sorted((ROOT / "chapters" / "pending").glob("0*.md"))
 MAX_WIDTH = 88
 FENCE = "```{code-cell}"
 
