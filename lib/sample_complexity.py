@@ -66,12 +66,16 @@ def pretrained_config(profile: str, P: int, seed: int, frozen: bool | None) -> T
     """:func:`run_config` at ``k = 0`` with the layer count of chapter 4's converged masked-token
     encoder (``mlm_k0``), started from it with the readout trained alone (``frozen=True``) or
     everything fine-tuned (``False``), or trained from scratch (``None``: the baseline of the
-    same depth)."""
+    same depth). A frozen encoder is a fixed feature map and runs as it was pre-trained, with
+    its own dropout (none on the laptop) rather than :data:`DROPOUT`, which would feed the
+    readout features the encoder never learned to produce."""
     source = chapter4_runs(profile)["mlm_k0"]
     cfg = run_config(profile, 0, P, seed)
     cfg = replace(cfg, model=replace(cfg.model, n_layers=source.model.n_layers))
     if frozen is None:
         return cfg
+    if frozen:
+        cfg = replace(cfg, model=replace(cfg.model, dropout=source.model.dropout))
     return replace(cfg, init_from=store.key(source), freeze_encoder=frozen)
 
 

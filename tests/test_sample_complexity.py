@@ -36,8 +36,12 @@ def test_runs_differ_only_in_level_size_and_seeds():
         assert cfg.init_from == (None if task == "root_layers5" else store.key(source))
         # the pre-trained runs and their baseline share the encoder's depth, nothing else differs
         twin = runs[name.replace(task, "root_layers5")]
-        assert cfg == replace(twin, init_from=cfg.init_from, freeze_encoder=cfg.freeze_encoder)
-        assert cfg.model == replace(base.model, n_layers=source.model.n_layers)
+        assert cfg == replace(twin, init_from=cfg.init_from, freeze_encoder=cfg.freeze_encoder,
+                              model=cfg.model)
+        # a frozen encoder runs with the dropout it was pre-trained with (none on the laptop)
+        dropout = source.model.dropout if cfg.freeze_encoder else sc.DROPOUT
+        assert source.model.dropout == 0 < sc.DROPOUT
+        assert cfg.model == replace(base.model, n_layers=source.model.n_layers, dropout=dropout)
     assert len(sc.runs("paper")) == (5 + 2) * 12 * 3          # there MLM has the root's depth
     with pytest.raises(ValueError, match="name must look like"):
         sc.label("root_k0_P512")
