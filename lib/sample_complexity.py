@@ -7,7 +7,7 @@ lowest loss on a held-out validation set (``n_val`` sequences, used only to choo
 and not counted in ``P``). Every run is then tested on the same ``N_TEST`` held-out sequences of
 level ``k`` as exact BP(k, k). :func:`table` gathers the stored runs into one row each
 (``data/sample_complexity.csv``), and :func:`p_star` reads off the smallest ``P`` within ``eps``
-of BP. The same grid at ``k = 0`` is trained again from chapter 4's masked-token encoder, frozen
+of BP (:func:`seed_p_star`, each seed's own). The same grid at ``k = 0`` is trained again from chapter 4's masked-token encoder, frozen
 or fine-tuned (the paper's pre-training comparison), and from scratch at that encoder's depth.
 
 Two caveats belong next to every result: the validation set (``n_val`` labelled sequences) is
@@ -180,6 +180,28 @@ def p_star(results: pd.DataFrame, eps: float, sizes) -> pd.DataFrame:
         out[k] = {col: _first_from_which(s.P.to_numpy(), s["mean"].to_numpy() + shift <= eps)
                   for col, shift in (("P_star", 0), ("P_low", -s["sem"]), ("P_high", s["sem"]))}
     return pd.DataFrame.from_dict(out, orient="index").rename_axis("k")
+
+
+def seed_p_star(results: pd.DataFrame, eps: float, sizes) -> pd.Series:
+    """Each seed's own ``P*``: the smallest ``P`` of ``sizes`` from which on that seed's gap to
+    BP stays within ``eps`` (NaN if its gap at the largest size is not), indexed by (k, seed).
+
+    ``results`` has columns k, P, seed, accuracy, bp_accuracy and one row per (k, P, seed) for
+    every ``P`` in ``sizes``; a seed is the same index across sizes (a new training set and a
+    new initialisation at each ``P``), so its curve is one replica of the sweep, not one
+    network trained on growing data.
+    """
+    eps = check_real("eps", eps, 1e-12)
+    gap = results[results.P.isin(list(sizes))].assign(
+        gap=results.bp_accuracy - results.accuracy)
+    out = {}
+    for (k, seed), s in gap.groupby(["k", "seed"]):
+        if sorted(s.P) != sorted(sizes):
+            raise ValueError(f"results must hold one row per size for every (k, seed); level "
+                             f"{k}, seed {seed} has P = {sorted(s.P)}")
+        s = s.sort_values("P")
+        out[(k, seed)] = _first_from_which(s.P.to_numpy(), s.gap.to_numpy() <= eps)
+    return pd.Series(out, name="P_star").rename_axis(["k", "seed"])
 
 
 def _first_from_which(P: np.ndarray, ok) -> float:

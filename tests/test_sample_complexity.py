@@ -105,6 +105,19 @@ def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
     assert sc.p_star(pd.DataFrame(rows), 0.0105, sizes).loc[0, "P_high"] == 8192
 
 
+def test_each_seed_has_its_own_p_star():
+    sizes = (512, 1024, 2048)
+    gaps = {0: (0.10, 0.01, 0.0), 1: (0.01, 0.03, 0.01), 2: (0.1, 0.1, 0.05)}
+    rows = [{"k": 0, "P": P, "seed": s, "accuracy": 0.9 - g, "bp_accuracy": 0.9}
+            for s, curve in gaps.items() for P, g in zip(sizes, curve)]
+    out = sc.seed_p_star(pd.DataFrame(rows), 0.02, sizes)
+    assert out[(0, 0)] == 1024 and out[(0, 1)] == 2048 and np.isnan(out[(0, 2)])
+    with pytest.raises(ValueError, match=r"level 0, seed 2 has P = \[512, 1024\]"):
+        sc.seed_p_star(pd.DataFrame(rows[:-1]), 0.02, sizes)
+    with pytest.raises(ValueError, match="eps"):
+        sc.seed_p_star(pd.DataFrame(rows), -1, sizes)
+
+
 @pytest.mark.parametrize("eps, rows, match", [
     (0.0, [{"k": 0, "P": 1, "accuracy": 1, "bp_accuracy": 1}] * 2, "eps"),
     (0.1, [{"k": 0, "P": 1, "accuracy": 1, "bp_accuracy": 1}], "at least two seeds"),
