@@ -30,8 +30,7 @@ SCHEDULES = ("cosine", "plateau")
 #: before the field existed, so that older entries keep their keys. Frozen: never edit a value.
 LEGACY_FIELDS = {"checkpoints": (), "schedule": "cosine", "patience": 4, "lr_decay": 0.5,
                  "n_decays": 3, "min_delta": 1e-3, "n_val": 2048, "val_seed": 2, "val_every": 500,
-                 "restore_best": False, "init_from": None, "freeze_encoder": False,
-                 "max_rise": None}
+                 "restore_best": False, "init_from": None, "freeze_encoder": False}
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,6 @@ class TrainConfig:
         ``"plateau"`` only: end with the weights of the lowest validation loss (early stopping on
         a fixed training set, where the last weights may have overfitted); the final test
         evaluation scores those.
-    max_rise : float or None
-        ``"plateau"`` only: also stop as soon as the validation loss is more than a relative
-        ``max_rise`` above its best (the generalisation-loss criterion GL of Prechelt, "Early
-        stopping, but when?", 1998, with alpha = 100 max_rise): a run that overfits a fixed
-        training set stops there instead of waiting out its plateaus. ``None``: off.
     init_from : str or None
         Root runs only: the store key (`lib.store.key`) of a masked-token run of the same
         encoder shape whose embedding and layers initialise this run (MLM pre-training); the
@@ -118,7 +112,6 @@ class TrainConfig:
     val_seed: int = 2
     val_every: int = 500
     restore_best: bool = False
-    max_rise: float | None = None
     init_from: str | None = None
     freeze_encoder: bool = False
 
@@ -163,9 +156,6 @@ class TrainConfig:
                                                       self.schedule != "plateau"):
             raise ValueError(f"restore_best must be a bool and needs schedule='plateau', got "
                              f"{self.restore_best!r} with schedule={self.schedule!r}")
-        if self.max_rise is not None and (check_real("max_rise", self.max_rise, 1e-12)
-                                          and self.schedule != "plateau"):
-            raise ValueError(f"max_rise needs schedule='plateau', got {self.schedule!r}")
         self._check_pretraining()
 
     def _check_pretraining(self) -> None:

@@ -31,18 +31,14 @@ def lr_factor(cfg: TrainConfig, step: int, decays: int = 0) -> float:
 class Plateau:
     """The convergence criterion of ``schedule="plateau"``: counts validations without a relative
     improvement of ``min_delta`` on the best loss; ``patience`` of them in a row make one decay,
-    and the run has converged at the plateau after ``n_decays`` decays, or as soon as a loss
-    is more than a relative ``max_rise`` above the best (overfitting). ``stopped_by`` says
-    which: ``"plateau"``, ``"rise"``, or ``None`` while the run goes on."""
+    and the run has converged at the plateau after ``n_decays`` decays."""
 
     patience: int
     min_delta: float
     n_decays: int
-    max_rise: float = math.inf
     best: float = math.inf
     stale: int = 0
     decays: int = 0
-    stopped_by: str | None = None
 
     def update(self, loss: float) -> bool:
         """Record one validation loss (NaN never improves); return True once converged."""
@@ -52,11 +48,7 @@ class Plateau:
             self.stale += 1
         if self.stale >= self.patience:
             self.decays, self.stale = self.decays + 1, 0
-        if loss > self.best * (1 + self.max_rise):
-            self.stopped_by = "rise"
-        elif self.decays > self.n_decays:
-            self.stopped_by = "plateau"
-        return self.stopped_by is not None
+        return self.decays > self.n_decays
 
 
 def eval_steps(cfg: TrainConfig) -> np.ndarray:

@@ -201,8 +201,7 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
         the last weights'.
     info : dict
         train_s and eval_s (wall seconds), device, torch version, thread count, amp, the
-        step the run stopped at, whether the criterion stopped it (``converged``) and how
-        (``stopped_by``: ``"plateau"``, ``"rise"`` of the validation loss, or ``"cap"``); under
+        step the run stopped at and whether the criterion stopped it (``converged``); under
         ``restore_best``, ``best_step``, the step of the weights returned.
     checkpoints : dict
         ``{step: state dict}`` (float32 copies on the CPU) at every step of ``cfg.checkpoints``
@@ -269,7 +268,6 @@ def train(cfg: TrainConfig, progress: bool = True, device: str | None = None,
     info = {"train_s": state["train_s"], "eval_s": state["eval_s"], "device": str(device),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": amp,
             "stop_step": step, "converged": converged,
-            "stopped_by": plateau.stopped_by if converged else "cap",
             **({"best_step": state["best"]["step"]} if "best" in state else {}),
             "resumed_from_lib": sorted(set(state.get("resumed_from_lib", ())))}
     return model.cpu().eval(), pd.DataFrame(state["rows"]), info, state["states"]
@@ -284,8 +282,7 @@ def _init(cfg: TrainConfig, device: torch.device, encoder: dict | None):
         _load_encoder(model, encoder, cfg.freeze_encoder)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     masks = torch.Generator().manual_seed(cfg.mask_seed)
-    rise = math.inf if cfg.max_rise is None else cfg.max_rise
-    return model, opt, masks, schedule.Plateau(cfg.patience, cfg.min_delta, cfg.n_decays, rise)
+    return model, opt, masks, schedule.Plateau(cfg.patience, cfg.min_delta, cfg.n_decays)
 
 
 def _keep_best(cfg: TrainConfig, model: Transformer, state: dict, step: int,
