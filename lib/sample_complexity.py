@@ -94,19 +94,20 @@ def runs(profile: str) -> dict[str, TrainConfig]:
     """The sweep, by name ``{task}_k{k}_P{P}_s{seed}``: task ``root`` (from scratch, every k),
     then at ``k = 0`` ``root_pretrained_frozen``, ``root_pretrained_finetuned`` and, when the
     pre-trained encoder is deeper than the root model, ``root_layers{n}`` (from scratch at its
-    depth). Smallest ``P`` first: the cheapest runs, and a whole seed-0 curve before replicas."""
+    depth). Seed by seed, smallest ``P`` first: every task's seed-0 curve before any replica,
+    the cheapest runs first within each."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
-    out = {f"root_k{k}_P{P}_s{seed}": run_config(profile, k, P, seed)
-           for seed in SEEDS for P in SIZES[profile] for k in range(BOOK_SETTING["depth"] + 1)}
     deeper = pretrained_config(profile, SIZES[profile][0], 0, None).model.n_layers
     modes = {"root_pretrained_frozen": True, "root_pretrained_finetuned": False}
     if deeper != run_config(profile, 0, SIZES[profile][0], 0).model.n_layers:
         modes[f"root_layers{deeper}"] = None
+    out = {}
     for seed in SEEDS:
-        for P in SIZES[profile]:
-            for task, frozen in modes.items():
-                out[f"{task}_k0_P{P}_s{seed}"] = pretrained_config(profile, P, seed, frozen)
+        out |= {f"root_k{k}_P{P}_s{seed}": run_config(profile, k, P, seed)
+                for P in SIZES[profile] for k in range(BOOK_SETTING["depth"] + 1)}
+        out |= {f"{task}_k0_P{P}_s{seed}": pretrained_config(profile, P, seed, frozen)
+                for P in SIZES[profile] for task, frozen in modes.items()}
     return out
 
 

@@ -16,6 +16,8 @@ def test_runs_differ_only_in_level_size_and_seeds():
     assert sum(sc.label(n) == "root" for n in runs) == 5 * len(sc.SIZES["laptop"]) * len(sc.SEEDS)
     assert max(sc.SIZES["laptop"]) / min(sc.SIZES["laptop"]) >= 64
     assert list(runs)[:2] == ["root_k0_P512_s0", "root_k1_P512_s0"]      # cheapest first
+    seeds = [int(name.rsplit("_s", 1)[1]) for name in runs]
+    assert seeds == sorted(seeds)                   # every task's seed 0 before any replica
     base = runs["root_k0_P512_s0"]
     assert base.restore_best and base.schedule == "plateau" and base.n_test == sc.N_TEST >= 20_000
     chapter4 = config.converged_config("root", "laptop", 0, 0)
