@@ -7,8 +7,10 @@ lowest loss on a held-out validation set (``n_val`` sequences, used only to choo
 and not counted in ``P``). Every run is then tested on the same ``N_TEST`` held-out sequences of
 level ``k`` as exact BP(k, k). :func:`table` gathers the stored runs into one row each
 (``data/sample_complexity.csv``), and :func:`p_star` reads off the smallest ``P`` within ``eps``
-of BP (:func:`seed_p_star`, each seed's own). The same grid at ``k = 0`` is trained again from chapter 4's masked-token encoder, frozen
-or fine-tuned (the paper's pre-training comparison), and from scratch at that encoder's depth.
+of BP (:func:`seed_p_star`, each seed's own). The same grid at ``k = 0`` is trained again from
+chapter 4's masked-token encoder, frozen or fine-tuned (the paper's pre-training comparison),
+and from scratch at that encoder's depth; `lib.frozen_head` puts the authors' two-layer head,
+instead of chapter 4's linear readout, on the frozen encoder.
 
 Two caveats belong next to every result: the validation set (``n_val`` labelled sequences) is
 extra data that only chooses the stopping step; and the masked-token encoder was pre-trained on
@@ -149,12 +151,17 @@ def scored(cfg: TrainConfig, root: Path, references: dict) -> tuple[dict, dict]:
     meta = json.loads(Path(f"{stem}.json").read_text())["provenance"]
     history = pd.read_csv(f"{stem}.csv")
     final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
+    return {"n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
+            "bp_accuracy": bp_accuracy(cfg, references)}, meta
+
+
+def bp_accuracy(cfg: TrainConfig, references: dict) -> float:
+    """BP(k_train, k_train)'s accuracy on run ``cfg``'s test sequences of level ``k_train``;
+    ``references`` caches the BP tables by test sets and is filled in place."""
     tests = (cfg.task, cfg.q, cfg.depth, cfg.sigma, cfg.grammar_seed, cfg.test_seed, cfg.n_test)
     if tests not in references:
         references[tests] = reference.bp_reference(cfg)
-    bp = reference.bp_accuracy(references[tests], cfg.k_train, cfg.k_train)
-    return {"n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
-            "bp_accuracy": bp}, meta
+    return reference.bp_accuracy(references[tests], cfg.k_train, cfg.k_train)
 
 
 def p_star(results: pd.DataFrame, eps: float, sizes) -> pd.DataFrame:
