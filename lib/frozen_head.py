@@ -9,7 +9,8 @@ the features of exactly the sequences a frozen run of the sweep trains, validate
 tested on (:func:`training_set`), so the two readouts differ in nothing else. The optimiser
 settings of :data:`HEAD` are ours; the paper's are not known here. ``scripts/frozen_head.py``
 fits every size and seed of the sweep into ``data/frozen_head.json`` (:func:`table` reads
-it). Introduced in chapter 4's section on data.
+it), with wider heads at the largest size as a check of the width. Introduced in chapter 4's
+section on data.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from lib.two_layer_probes import fit_two_layer_probes
 #: a constant rate on minibatches of 32 sequences, stopped 10 epochs after the lowest
 #: validation loss (ours, except the width).
 HEAD = dict(hidden=64, lr=1e-3, batch_size=32, max_epochs=200, patience=10)
+#: Wider heads, fitted at the largest size only: whether the width limits what a head reads.
+WIDER = (256, 1024)
 #: Where the record lives and its file stem (`lib.results`).
 FOLDER, NAME = sc.STORE.parent, "frozen_head"
 #: The command that regenerates the record.
@@ -60,7 +63,8 @@ def features(encoder: Transformer, leaves, rows: int = 1024) -> np.ndarray:
                       for i in range(0, len(x), rows)]).numpy()
 
 
-def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None) -> dict:
+def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None,
+        hidden: int = HEAD["hidden"]) -> dict:
     """Train the head on the frozen ``encoder``'s features of run ``cfg``'s data and score it.
 
     Parameters
@@ -72,12 +76,14 @@ def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None) 
         The masked-token model stored under ``cfg.init_from`` (`lib.store.require`).
     references : dict, optional
         Cache of BP tables (`lib.sample_complexity.bp_accuracy`), filled in place.
+    hidden : int
+        Hidden units of the head (the rest of :data:`HEAD` is kept).
 
     Returns
     -------
     dict
-        n_test, accuracy, bp_accuracy (fractions, on the same test sequences), best_epoch,
-        epochs (run), fit_s (seconds, features included).
+        hidden, n_test, accuracy, bp_accuracy (fractions, on the same test sequences),
+        best_epoch, epochs (run), fit_s (seconds, features included).
     """
     if not cfg.freeze_encoder:
         raise ValueError("cfg must be a frozen run (freeze_encoder=True), got "
@@ -92,10 +98,10 @@ def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None) 
     y_test, x_test = tests[cfg.k_train]
     H, H_val, H_test = (features(encoder, leaves)[None] for leaves in (x, x_val, x_test))
     head = fit_two_layer_probes(H, y[None], cfg.q, H_val, y_val[None], seed=cfg.init_seed,
-                                **HEAD)
+                                **{**HEAD, "hidden": hidden})
     accuracy = float((head.predict_proba(H_test)[0, 0].argmax(1) == y_test).mean())
     bp = sc.bp_accuracy(cfg, {} if references is None else references)
-    return {"n_test": len(y_test), "accuracy": accuracy, "bp_accuracy": bp,
+    return {"hidden": hidden, "n_test": len(y_test), "accuracy": accuracy, "bp_accuracy": bp,
             "best_epoch": int(head.best_epoch[0, 0]), "epochs": len(head.val_loss) - 1,
             "fit_s": time.perf_counter() - start}
 
@@ -112,20 +118,32 @@ def frozen_runs(profile: str = "laptop") -> dict[str, TrainConfig]:
             if sc.label(name) == "root_pretrained_frozen"}
 
 
+def fits(profile: str = "laptop") -> dict[str, tuple[TrainConfig, int]]:
+    """Every fit of the record, by key: ``(frozen run, hidden units)``. The head of :data:`HEAD`
+    on every run of :func:`frozen_runs` (key ``P{P}_s{seed}``), and the :data:`WIDER` heads on
+    the runs of the largest size (``P{P}_s{seed}_h{hidden}``)."""
+    runs = frozen_runs(profile)
+    largest = max(cfg.n_train for cfg in runs.values())
+    out = {key: (cfg, HEAD["hidden"]) for key, cfg in runs.items()}
+    return out | {f"{key}_h{w}": (cfg, w) for key, cfg in runs.items()
+                  if cfg.n_train == largest for w in WIDER}
+
+
 def record_config(profile: str = "laptop") -> dict:
-    """Every setting the record depends on: the head, and the store key of each frozen run
-    (which fixes its data, seeds and encoder)."""
-    return {"head": HEAD, "runs": {key: store.key(cfg)
-                                   for key, cfg in frozen_runs(profile).items()}}
+    """Every setting the record depends on: the head, and for each fit the store key of its
+    frozen run (which fixes its data, seeds and encoder) and its width."""
+    return {"head": HEAD, "fits": {key: [store.key(cfg), hidden]
+                                   for key, (cfg, hidden) in fits(profile).items()}}
 
 
 def table(profile: str = "laptop", folder=FOLDER) -> pd.DataFrame:
     """The stored record as rows shaped like `lib.sample_complexity.table` (task :data:`TASK`,
-    k, P, seed, n_test, accuracy, bp_accuracy) plus best_epoch, epochs and fit_s; refuses a
-    record that is stale or incomplete (`lib.results.load`)."""
-    runs = frozen_runs(profile)
-    record = results.load(folder, NAME, record_config(profile), runs, COMMAND)
+    k, P, seed, n_test, accuracy, bp_accuracy) plus hidden, best_epoch, epochs, fit_s and
+    cpu_s, one per fit of :func:`fits`; refuses a record that is stale or incomplete
+    (`lib.results.load`)."""
+    jobs = fits(profile)
+    record = results.load(folder, NAME, record_config(profile), jobs, COMMAND)
     return pd.DataFrame([{"task": TASK, "k": cfg.k_train, "P": cfg.n_train,
                           "seed": cfg.init_seed, **record["runs"][key],
                           "commit": record["code"]["commit"]}
-                         for key, cfg in runs.items()])
+                         for key, (cfg, _) in jobs.items()])

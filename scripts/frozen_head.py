@@ -2,7 +2,7 @@
 
 For every frozen run of the sample-complexity sweep (every P and seed), trains the head on the
 encoder's features of that run's training sequences, stops it on the run's validation set and
-scores it on the run's test set against exact BP; reads the encoder from the model store (never
+scores it on the run's test set against exact BP, and fits wider heads at the largest P; reads the encoder from the model store (never
 trains it). Fits already in the record are skipped, so an interrupted invocation resumes. The
 record names the code it ran, so run it from a clean checkout of a commit, for example a
 worktree, writing into the main checkout:
@@ -35,17 +35,17 @@ def main(argv=None) -> None:
                         help="write a record from uncommitted code (the book refuses it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    runs = frozen_head.frozen_runs()
+    jobs = frozen_head.fits()
     record = results.open_record(args.out, frozen_head.NAME, frozen_head.record_config(),
                                  fresh=args.fresh, allow_dirty=args.allow_dirty)
     encoder = frozen_head.encoder()
     references = {}
-    for key, cfg in (bar := tqdm(runs.items(), unit="fit")):
+    for key, (cfg, hidden) in (bar := tqdm(jobs.items(), unit="fit")):
         if key in record["runs"]:
             continue
         bar.set_postfix_str(key)
         cpu = time.process_time()
-        result = frozen_head.fit(cfg, encoder, references)
+        result = frozen_head.fit(cfg, encoder, references, hidden)
         results.add_run(args.out, frozen_head.NAME, record, key,
                         {**result, "cpu_s": time.process_time() - cpu})
         tqdm.write(f"{key}: accuracy {result['accuracy']:.4f} (BP {result['bp_accuracy']:.4f}), "

@@ -51,19 +51,28 @@ def test_fit_scores_the_head_and_bp_on_the_runs_test_set():
     exact = bp.root_posterior(run_data.grammar(cfg), leaves, 0).argmax(-1)
     assert out["bp_accuracy"] == pytest.approx((exact == roots).mean(), abs=1e-12)
     assert out["n_test"] == cfg.n_test and 0 <= out["best_epoch"] <= out["epochs"]
+    assert out["hidden"] == frozen_head.HEAD["hidden"]
+    assert frozen_head.fit(cfg, encoder, hidden=8)["hidden"] == 8
     # even an untrained encoder's features carry the root: the head beats chance clearly
     assert out["accuracy"] > 1 / cfg.q + 0.1, out
     with pytest.raises(ValueError, match="cfg must be a frozen run"):
         frozen_head.fit(replace(cfg, freeze_encoder=False), encoder)
     with pytest.raises(ValueError, match="encoder must be a masked-token model"):
         frozen_head.fit(cfg, Transformer(replace(encoder.cfg, n_layers=2)))
+    with pytest.raises(ValueError, match="hidden"):
+        frozen_head.fit(cfg, encoder, hidden=0)
 
 
 def test_table_reads_a_complete_current_record_and_refuses_any_other(tmp_path, monkeypatch):
     monkeypatch.setattr(results.provenance, "code_state",
                         lambda: {"commit": "0" * 40, "dirty": False})
-    runs = frozen_head.frozen_runs()
-    assert len(runs) == len(sc.SIZES["laptop"]) * len(sc.SEEDS)
+    runs = frozen_head.fits()
+    n_runs = len(sc.SIZES["laptop"]) * len(sc.SEEDS)
+    assert len(frozen_head.frozen_runs()) == n_runs
+    assert len(runs) == n_runs + len(sc.SEEDS) * len(frozen_head.WIDER)
+    wide = {key: (cfg.n_train, hidden) for key, (cfg, hidden) in runs.items()
+            if hidden != frozen_head.HEAD["hidden"]}
+    assert set(wide.values()) == {(max(sc.SIZES["laptop"]), w) for w in frozen_head.WIDER}
     with pytest.raises(FileNotFoundError, match="scripts/frozen_head.py"):
         frozen_head.table(folder=tmp_path)
     record = results.open_record(tmp_path, frozen_head.NAME, frozen_head.record_config())
@@ -74,6 +83,7 @@ def test_table_reads_a_complete_current_record_and_refuses_any_other(tmp_path, m
     results.add_run(tmp_path, frozen_head.NAME, record, list(runs)[-1], {"accuracy": 0.5})
     rows = frozen_head.table(folder=tmp_path)
     assert len(rows) == len(runs) and set(rows.task) == {frozen_head.TASK}
+    assert rows.P.tolist() == [cfg.n_train for cfg, _ in runs.values()]
     assert set(rows.P) == set(sc.SIZES["laptop"]) and set(rows.seed) == set(sc.SEEDS)
     assert (rows.k == 0).all() and (rows.commit == "0" * 40).all()
     monkeypatch.setattr(frozen_head, "HEAD", {**frozen_head.HEAD, "hidden": 128})
