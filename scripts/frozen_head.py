@@ -11,7 +11,7 @@ worktree, writing into the main checkout:
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/head_wt python /tmp/head_wt/scripts/frozen_head.py \\
         --out data
 
-It takes about 10 CPU-minutes on one core (each fit's CPU seconds are in the record).
+It takes about 6 CPU-minutes on one core (each fit's CPU seconds are in the record).
 """
 from __future__ import annotations
 
