@@ -93,7 +93,7 @@ def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None,
         raise ValueError(f"encoder must be a masked-token model of the run's shape, got "
                          f"(task, d_model, n_layers, seq_len) = {mine}")
     start = time.perf_counter()
-    M, tests, (y_val, x_val), _ = run_data.held_out(cfg)
+    _, tests, (y_val, x_val), _ = run_data.held_out(cfg)
     y, x = training_set(cfg)
     y_test, x_test = tests[cfg.k_train]
     H, H_val, H_test = (features(encoder, leaves)[None] for leaves in (x, x_val, x_test))
