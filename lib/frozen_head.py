@@ -45,10 +45,15 @@ def training_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """The ``n_train`` training ``(roots (P,), leaves (P, L))`` of a fixed-set run, in the order
     of its first epoch (`lib.run_data.batches`, which drops no sequence when the batch size
     divides ``n_train``)."""
+    M, _, _, exclude = run_data.held_out(cfg)
+    return _first_epoch(cfg, M, exclude)
+
+
+def _first_epoch(cfg: TrainConfig, M: np.ndarray, exclude: np.ndarray):
+    """:func:`training_set` from the run's grammar and held-out codes (`lib.run_data.held_out`)."""
     if cfg.n_train is None or cfg.n_train % cfg.batch_size:
         raise ValueError(f"cfg.n_train must be a multiple of cfg.batch_size "
                          f"({cfg.batch_size}), got {cfg.n_train}")
-    M, _, _, exclude = run_data.held_out(cfg)
     epoch = list(itertools.islice(run_data.batches(cfg, M, exclude),
                                   cfg.n_train // cfg.batch_size))
     return np.concatenate([r for r, _ in epoch]), np.concatenate([x for _, x in epoch])
@@ -93,8 +98,8 @@ def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None,
         raise ValueError(f"encoder must be a masked-token model of the run's shape, got "
                          f"(task, d_model, n_layers, seq_len) = {mine}")
     start = time.perf_counter()
-    _, tests, (y_val, x_val), _ = run_data.held_out(cfg)
-    y, x = training_set(cfg)
+    M, tests, (y_val, x_val), exclude = run_data.held_out(cfg)    # drawn once per fit
+    y, x = _first_epoch(cfg, M, exclude)
     y_test, x_test = tests[cfg.k_train]
     H, H_val, H_test = (features(encoder, leaves)[None] for leaves in (x, x_val, x_test))
     head = fit_two_layer_probes(H, y[None], cfg.q, H_val, y_val[None], seed=cfg.init_seed,
