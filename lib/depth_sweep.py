@@ -21,7 +21,7 @@ import pandas as pd
 from lib import store
 from lib.config import REPLICAS, TrainConfig, chapter4_runs, converged_config
 from lib.provenance import PROFILES
-from lib.sample_complexity import scored
+from lib.sample_complexity import scored, timing
 from lib.tree import BOOK_SETTING
 
 #: The committed table of the laptop sweep; the book reads it.
@@ -49,7 +49,8 @@ def runs(profile: str) -> dict[str, TrainConfig]:
 def table(sweep: dict[str, TrainConfig], root: Path = store.STORE) -> pd.DataFrame:
     """One row per stored run of ``sweep``: task, n_layers, seed, n_test, accuracy, bp_accuracy
     (fractions, on the same test sequences), stop_step, converged (stopped by the criterion,
-    not the step cap), train_s, key, commit. Runs not stored yet are left out."""
+    not the step cap), train_s, eval_s, threads, key, commit. Runs not stored yet are left
+    out."""
     rows, references = [], {}
     for cfg in sweep.values():
         if store.status(cfg, root) != "ok":
@@ -57,6 +58,5 @@ def table(sweep: dict[str, TrainConfig], root: Path = store.STORE) -> pd.DataFra
         final, meta = scored(cfg, root, references)
         rows.append({"task": cfg.task, "n_layers": cfg.model.n_layers, "seed": cfg.init_seed,
                      **final, "stop_step": meta["stop_step"], "converged": meta["converged"],
-                     "train_s": round(meta["train_s"], 1), "key": store.key(cfg),
-                     "commit": meta["commit"]})
+                     **timing(meta), "key": store.key(cfg), "commit": meta["commit"]})
     return pd.DataFrame(rows)

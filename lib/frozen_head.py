@@ -6,8 +6,10 @@ authors' fine-tuning script puts a multi-layer perceptron on the same flattened 
 instead (hidden layers [128, 64, 32] or [64]). :func:`fit` trains the [64] head
 (`lib.two_layer_probes`: one hidden ReLU layer, Adam, early stopping on validation loss) on
 the features of exactly the sequences a frozen run of the sweep trains, validates and is
-tested on (:func:`training_set`), so the two readouts differ in nothing else. The optimiser
-settings of :data:`HEAD` are ours; the paper's are not known here. ``scripts/frozen_head.py``
+tested on (:func:`training_set`), so the two readouts see the same data; they differ in the
+readout and in how it is trained (the linear readout by the sweep's recipe, the head by
+:data:`HEAD`: its own optimiser, minibatches and stopping in epochs). The settings of
+:data:`HEAD` are ours; the paper's are not known here. ``scripts/frozen_head.py``
 fits every size and seed of the sweep into ``data/frozen_head.json`` (:func:`table` reads
 it), with wider heads at the largest size as a check of the width. Introduced in chapter 4's
 section on data.

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import reference, store
+from lib import reference, run_data, store
 from lib.config import TrainConfig, chapter4_runs, converged_config
 from lib.provenance import PROFILES
 from lib.tree import BOOK_SETTING
@@ -50,8 +50,8 @@ N_TEST = 20_000
 #: 2^14, whose loss fell to 0.130 by step 14,250).
 EARLY_STOPPING = dict(restore_best=True, val_every=250, patience=4, n_decays=1,
                       n_val=2048, n_test=N_TEST, n_monitor=1024, n_evals=8)
-#: Step cap of the laptop sweep (the paper profile keeps chapter 4's epochs): at 2^15
-#: sequences, about 230 epochs.
+#: Step cap of the laptop sweep (the paper profile keeps the step cap of chapter 4's converged
+#: root run): at 2^15 sequences, about 230 epochs.
 N_STEPS = {"laptop": 30_000}
 #: The store of these runs (kept apart from chapter 4's).
 STORE = Path(__file__).resolve().parents[1] / "data" / "sample_complexity"
@@ -124,8 +124,9 @@ def label(name: str) -> str:
 def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
     """One row per stored run of ``sweep``: task (:func:`label`), k, P, seed, n_test, accuracy,
     bp_accuracy (fractions, on the same test sequences), best_step, stop_step, converged
-    (stopped by the criterion, not the step cap), train_s, key, commit. Runs not stored yet
-    are left out (:func:`p_star` refuses an incomplete grid)."""
+    (stopped by the criterion, not the step cap), train_s and eval_s (wall seconds of training
+    and of evaluation), threads, key, commit. Runs not stored yet are left out (:func:`p_star`
+    refuses an incomplete grid)."""
     rows, references = [], {}
     for name, cfg in sweep.items():
         if store.status(cfg, root) != "ok":
@@ -134,8 +135,7 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
         rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
                      "seed": cfg.init_seed, **final, "best_step": meta["best_step"],
                      "stop_step": meta["stop_step"], "converged": meta["converged"],
-                     "train_s": round(meta["train_s"], 1),
-                     "key": store.key(cfg), "commit": meta["commit"]})
+                     **timing(meta), "key": store.key(cfg), "commit": meta["commit"]})
     return pd.DataFrame(rows)
 
 
@@ -155,6 +155,12 @@ def scored(cfg: TrainConfig, root: Path, references: dict) -> tuple[dict, dict]:
             "bp_accuracy": bp_accuracy(cfg, references)}, meta
 
 
+def timing(meta: dict) -> dict:
+    """A stored run's wall seconds of training and of evaluation, and its thread count."""
+    return {"train_s": round(meta["train_s"], 1), "eval_s": round(meta["eval_s"], 1),
+            "threads": meta["threads"]}
+
+
 def bp_accuracy(cfg: TrainConfig, references: dict) -> float:
     """BP(k_train, k_train)'s accuracy on run ``cfg``'s test sequences of level ``k_train``;
     ``references`` caches the BP tables by test sets and is filled in place."""
@@ -162,6 +168,37 @@ def bp_accuracy(cfg: TrainConfig, references: dict) -> float:
     if tests not in references:
         references[tests] = reference.bp_reference(cfg)
     return reference.bp_accuracy(references[tests], cfg.k_train, cfg.k_train)
+
+
+def first_validation(cfg: TrainConfig) -> int:
+    """The first step at which run ``cfg`` is validated: validations start once the warm-up
+    is over, at the multiples of ``val_every`` (`lib.train`); no weights before it can be
+    kept."""
+    start, every = max(1, cfg.warmup_steps), cfg.val_every
+    return -(-start // every) * every
+
+
+def early_excess(cfg: TrainConfig, root: Path = STORE) -> float:
+    """How much better stored run ``cfg`` scored before its first validation than with the
+    weights it kept: the largest accuracy of its evaluation trace (log-spaced steps from 0,
+    ``n_monitor`` test sequences of level ``k_train``) at a step before
+    :func:`first_validation`, minus its final accuracy (``n_test`` sequences), as a fraction.
+    Positive when better weights came before validation could see them. Both are test scores,
+    so this diagnoses the stopping rule and chooses nothing; as a maximum over a few noisy
+    steps, it is biased up."""
+    history = pd.read_csv(Path(root) / f"{store.key(cfg)}.csv")
+    own = history[history.k_test == cfg.k_train]
+    early = own[own.step < first_validation(cfg)]
+    return float(early.accuracy.max() - own.accuracy.iloc[-1])
+
+
+def validation_overlap(cfg: TrainConfig) -> float:
+    """The fraction of run ``cfg``'s validation sequences that are also test sequences of its
+    level: the two sets are drawn independently (training draws reject both), so a few
+    sequences likely under the grammar can be in both."""
+    M = run_data.grammar(cfg)
+    tests = {row.tobytes() for row in run_data.test_sets(cfg, M)[cfg.k_train][1]}
+    return float(np.mean([row.tobytes() in tests for row in run_data.validation_set(cfg, M)[1]]))
 
 
 def p_star(results: pd.DataFrame, eps: float, sizes) -> pd.DataFrame:

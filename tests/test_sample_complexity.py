@@ -79,7 +79,7 @@ def test_table_holds_one_row_per_stored_run_scored_against_bp(tmp_path, clean):
     row = results[(results.P == 64) & (results.seed == 1)].iloc[0]
     assert row.task == "tiny" and row.n_test == cfg.n_test and row.commit == "0" * 40
     # rescored independently: the stored model and exact BP on the run's own test set
-    model, _, info = store.require(cfg, root=tmp_path)
+    model, history, info = store.require(cfg, root=tmp_path)
     roots, leaves = run_data.test_sets(cfg, run_data.grammar(cfg))[0]
     predicted = train.log_probs(model, leaves).argmax(-1).numpy()
     assert row.accuracy == pytest.approx((predicted == roots).mean(), abs=1e-9)
@@ -87,6 +87,27 @@ def test_table_holds_one_row_per_stored_run_scored_against_bp(tmp_path, clean):
     assert row.bp_accuracy == pytest.approx((exact == roots).mean(), abs=1e-9)
     assert row.best_step == info["best_step"] <= row.stop_step
     assert row.converged == info["converged"] == (row.stop_step < cfg.n_steps)
+    # the trace before the first validation (step 20 here) against the kept weights' score
+    own = history[history.k_test == 0]
+    assert sc.first_validation(cfg) == 20 and (own.step < 20).sum() >= 2
+    assert sc.early_excess(cfg, tmp_path) == pytest.approx(
+        own[own.step < 20].accuracy.max() - row.accuracy, abs=1e-9)
+
+
+def test_first_validation_is_the_first_step_the_training_loop_validates():
+    base = tiny_sweep()["tiny_k0_P64_s0"]
+    for warmup, every in ((0, 7), (4, 20), (20, 20), (21, 20), (300, 250)):
+        cfg = replace(base, warmup_steps=warmup, val_every=every, n_steps=1000)
+        loop = next(s for s in range(1000) if s >= max(1, warmup) and s % every == 0)
+        assert sc.first_validation(cfg) == loop
+
+
+def test_validation_overlap_counts_validation_sequences_in_the_test_set():
+    cfg = replace(tiny_sweep()["tiny_k0_P64_s0"], n_test=2000, n_val=500)
+    M = run_data.grammar(cfg)
+    test, val = run_data.test_sets(cfg, M)[0][1], run_data.validation_set(cfg, M)[1]
+    brute = (val[:, None, :] == test[None]).all(-1).any(1).mean()      # pairwise
+    assert 0 < brute < 1 and sc.validation_overlap(cfg) == pytest.approx(brute, abs=1e-12)
 
 
 def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
