@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib import results, run_data, store
+from lib import overlap, results, run_data, store
 from lib import sample_complexity as sc
 from lib.config import TrainConfig, chapter4_runs
 from lib.transformer import Transformer
@@ -71,7 +71,7 @@ def features(encoder: Transformer, leaves, rows: int = 1024) -> np.ndarray:
 
 
 def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None,
-        hidden: int = HEAD["hidden"]) -> dict:
+        hidden: int = HEAD["hidden"], seen: np.ndarray | None = None) -> dict:
     """Train the head on the frozen ``encoder``'s features of run ``cfg``'s data and score it.
 
     Parameters
@@ -85,12 +85,16 @@ def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None,
         Cache of BP tables (`lib.sample_complexity.bp_accuracy`), filled in place.
     hidden : int
         Hidden units of the head (the rest of :data:`HEAD` is kept).
+    seen : array_like of bool, shape (n_test,), optional
+        Test sequences the encoder saw in pre-training
+        (`lib.sample_complexity.pretraining_seen`): the head is also scored without them.
 
     Returns
     -------
     dict
         hidden, n_test, accuracy, bp_accuracy (fractions, on the same test sequences),
-        best_epoch, epochs (run), fit_s (seconds, features included).
+        best_epoch, epochs (run), fit_s (seconds, features included); with ``seen``, also
+        n_unseen, accuracy_unseen and bp_accuracy_unseen (`lib.overlap.unseen_scores`).
     """
     if not cfg.freeze_encoder:
         raise ValueError("cfg must be a frozen run (freeze_encoder=True), got "
@@ -106,9 +110,11 @@ def fit(cfg: TrainConfig, encoder: Transformer, references: dict | None = None,
     H, H_val, H_test = (features(encoder, leaves)[None] for leaves in (x, x_val, x_test))
     head = fit_two_layer_probes(H, y[None], cfg.q, H_val, y_val[None], seed=cfg.init_seed,
                                 **{**HEAD, "hidden": hidden})
-    accuracy = float((head.predict_proba(H_test)[0, 0].argmax(1) == y_test).mean())
+    predicted = head.predict_proba(H_test)[0, 0].argmax(1)
     bp = sc.bp_accuracy(cfg, {} if references is None else references)
-    return {"hidden": hidden, "n_test": len(y_test), "accuracy": accuracy, "bp_accuracy": bp,
+    unseen = {} if seen is None else overlap.unseen_scores(cfg, predicted, seen)
+    return {"hidden": hidden, "n_test": len(y_test),
+            "accuracy": float((predicted == y_test).mean()), "bp_accuracy": bp, **unseen,
             "best_epoch": int(head.best_epoch[0, 0]), "epochs": len(head.val_loss) - 1,
             "fit_s": time.perf_counter() - start}
 

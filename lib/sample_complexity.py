@@ -15,7 +15,8 @@ instead of chapter 4's linear readout, on the frozen encoder.
 Two caveats belong next to every result: the validation set (``n_val`` labelled sequences) is
 extra data that only chooses the stopping step; and the masked-token encoder was pre-trained on
 a fresh stream that excluded its own test sequences, not these, so some test inputs (never
-their root labels) may have been among its pre-training inputs. Introduced in chapter 4.
+their root labels) were among its pre-training inputs (`lib.overlap.seen_in_stream` finds them).
+Introduced in chapter 4.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import reference, run_data, store
+from lib import overlap, reference, run_data, store, train
 from lib.config import TrainConfig, chapter4_runs, converged_config
 from lib.provenance import PROFILES
 from lib.tree import BOOK_SETTING
@@ -121,17 +122,23 @@ def label(name: str) -> str:
     return match.group(1)
 
 
-def table(sweep: dict[str, TrainConfig], root: Path = STORE) -> pd.DataFrame:
+def table(sweep: dict[str, TrainConfig], root: Path = STORE,
+          seen: np.ndarray | None = None) -> pd.DataFrame:
     """One row per stored run of ``sweep``: task (:func:`label`), k, P, seed, n_test, accuracy,
     bp_accuracy (fractions, on the same test sequences), best_step, stop_step, converged
     (stopped by the criterion, not the step cap), train_s and eval_s (wall seconds of training
-    and of evaluation), threads, key, commit. Runs not stored yet are left out (:func:`p_star`
-    refuses an incomplete grid)."""
+    and of evaluation), threads, key, commit. With ``seen`` (a boolean mask over the level-0
+    test sequences, e.g. :func:`pretraining_seen`), the ``k = 0`` rows also hold n_unseen,
+    accuracy_unseen and bp_accuracy_unseen (`lib.overlap.unseen_scores`; the stored model is
+    scored again). Runs not stored yet are left out (:func:`p_star` refuses an incomplete
+    grid)."""
     rows, references = [], {}
     for name, cfg in sweep.items():
         if store.status(cfg, root) != "ok":
             continue
         final, meta = scored(cfg, root, references)
+        if seen is not None and cfg.k_train == 0:
+            final |= overlap.unseen_scores(cfg, predicted_roots(cfg, root), seen)
         rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
                      "seed": cfg.init_seed, **final, "best_step": meta["best_step"],
                      "stop_step": meta["stop_step"], "converged": meta["converged"],
@@ -153,6 +160,22 @@ def scored(cfg: TrainConfig, root: Path, references: dict) -> tuple[dict, dict]:
     final = history[(history.step == meta["stop_step"]) & (history.k_test == cfg.k_train)]
     return {"n_test": int(final.n_test.item()), "accuracy": final.accuracy.item(),
             "bp_accuracy": bp_accuracy(cfg, references)}, meta
+
+
+def predicted_roots(cfg: TrainConfig, root: Path = STORE) -> np.ndarray:
+    """Stored run ``cfg``'s root (n_test,) for each of its test sequences of level
+    ``k_train``."""
+    _, leaves = run_data.test_sets(cfg, run_data.grammar(cfg))[cfg.k_train]
+    return train.log_probs(store.load(cfg, root)[0], leaves).argmax(-1).numpy()
+
+
+def pretraining_seen(profile: str) -> np.ndarray:
+    """Which of the sweep's ``N_TEST`` test sequences of level 0 chapter 4's masked-token
+    encoder (``mlm_k0``, the pre-trained runs' encoder) had among its training inputs, up to
+    its stopping step (`lib.overlap.seen_in_stream`): a boolean array (N_TEST,)."""
+    source, cfg = chapter4_runs(profile)["mlm_k0"], run_config(profile, 0, SIZES[profile][0], 0)
+    leaves = run_data.test_sets(cfg, run_data.grammar(cfg))[0][1]
+    return overlap.seen_in_stream(source, store.load(source)[2]["stop_step"], leaves)
 
 
 def timing(meta: dict) -> dict:
@@ -190,15 +213,6 @@ def early_excess(cfg: TrainConfig, root: Path = STORE) -> float:
     own = history[history.k_test == cfg.k_train]
     early = own[own.step < first_validation(cfg)]
     return float(early.accuracy.max() - own.accuracy.iloc[-1])
-
-
-def validation_overlap(cfg: TrainConfig) -> float:
-    """The fraction of run ``cfg``'s validation sequences that are also test sequences of its
-    level: the two sets are drawn independently (training draws reject both), so a few
-    sequences likely under the grammar can be in both."""
-    M = run_data.grammar(cfg)
-    tests = {row.tobytes() for row in run_data.test_sets(cfg, M)[cfg.k_train][1]}
-    return float(np.mean([row.tobytes() in tests for row in run_data.validation_set(cfg, M)[1]]))
 
 
 def p_star(results: pd.DataFrame, eps: float, sizes) -> pd.DataFrame:

@@ -2,8 +2,9 @@
 
 For every frozen run of the sample-complexity sweep (every P and seed), trains the head on the
 encoder's features of that run's training sequences, stops it on the run's validation set and
-scores it on the run's test set against exact BP, and fits wider heads at the largest P; reads the encoder from the model store (never
-trains it). Fits already in the record are skipped, so an interrupted invocation resumes. The
+scores it on the run's test set against exact BP, on all test inputs and on those the encoder
+never saw in pre-training (lib.sample_complexity.pretraining_seen), and fits wider heads at the
+largest P; reads the encoder from the model store (never trains it). Fits already in the record are skipped, so an interrupted invocation resumes. The
 record names the code it ran, so run it from a clean checkout of a commit, for example a
 worktree, writing into the main checkout:
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lib import frozen_head, results
+from lib import frozen_head, results, sample_complexity
 
 
 def main(argv=None) -> None:
@@ -39,13 +40,14 @@ def main(argv=None) -> None:
     record = results.open_record(args.out, frozen_head.NAME, frozen_head.record_config(),
                                  fresh=args.fresh, allow_dirty=args.allow_dirty)
     encoder = frozen_head.encoder()
+    seen = sample_complexity.pretraining_seen("laptop")     # scored without them too
     references = {}
     for key, (cfg, hidden) in (bar := tqdm(jobs.items(), unit="fit")):
         if key in record["runs"]:
             continue
         bar.set_postfix_str(key)
         cpu = time.process_time()
-        result = frozen_head.fit(cfg, encoder, references, hidden)
+        result = frozen_head.fit(cfg, encoder, references, hidden, seen)
         results.add_run(args.out, frozen_head.NAME, record, key,
                         {**result, "cpu_s": time.process_time() - cpu})
         tqdm.write(f"{key}: accuracy {result['accuracy']:.4f} (BP {result['bp_accuracy']:.4f}), "

@@ -53,6 +53,11 @@ def test_fit_scores_the_head_and_bp_on_the_runs_test_set():
     assert out["n_test"] == cfg.n_test and 0 <= out["best_epoch"] <= out["epochs"]
     assert out["hidden"] == frozen_head.HEAD["hidden"]
     assert frozen_head.fit(cfg, encoder, hidden=8)["hidden"] == 8
+    # with a mask, also scored without the masked sequences: all seen but one sequence
+    seen = np.arange(cfg.n_test) > 0
+    one = frozen_head.fit(cfg, encoder, seen=seen)
+    assert one["n_unseen"] == 1 and one["accuracy"] == out["accuracy"]
+    assert one["bp_accuracy_unseen"] == float(exact[0] == roots[0])
     # even an untrained encoder's features carry the root: the head beats chance clearly
     assert out["accuracy"] > 1 / cfg.q + 0.1, out
     with pytest.raises(ValueError, match="cfg must be a frozen run"):

@@ -85,6 +85,13 @@ def test_table_holds_one_row_per_stored_run_scored_against_bp(tmp_path, clean):
     assert row.accuracy == pytest.approx((predicted == roots).mean(), abs=1e-9)
     exact = bp.root_posterior(run_data.grammar(cfg), leaves, 0).argmax(-1)
     assert row.bp_accuracy == pytest.approx((exact == roots).mean(), abs=1e-9)
+    # and on the test sequences a mask leaves unseen, from the stored model again
+    seen = np.random.default_rng(0).random(cfg.n_test) < 0.4
+    again = sc.table(runs, tmp_path, seen=seen)
+    row = again[(again.P == 64) & (again.seed == 1)].iloc[0]
+    assert row.n_unseen == (~seen).sum() and row.accuracy_unseen == pytest.approx(
+        (predicted[~seen] == roots[~seen]).mean(), abs=1e-9)
+    assert row.bp_accuracy_unseen == pytest.approx((exact[~seen] == roots[~seen]).mean())
     assert row.best_step == info["best_step"] <= row.stop_step
     assert row.converged == info["converged"] == (row.stop_step < cfg.n_steps)
     # the trace before the first validation (step 20 here) against the kept weights' score
@@ -100,14 +107,6 @@ def test_first_validation_is_the_first_step_the_training_loop_validates():
         cfg = replace(base, warmup_steps=warmup, val_every=every, n_steps=1000)
         loop = next(s for s in range(1000) if s >= max(1, warmup) and s % every == 0)
         assert sc.first_validation(cfg) == loop
-
-
-def test_validation_overlap_counts_validation_sequences_in_the_test_set():
-    cfg = replace(tiny_sweep()["tiny_k0_P64_s0"], n_test=2000, n_val=500)
-    M = run_data.grammar(cfg)
-    test, val = run_data.test_sets(cfg, M)[0][1], run_data.validation_set(cfg, M)[1]
-    brute = (val[:, None, :] == test[None]).all(-1).any(1).mean()      # pairwise
-    assert 0 < brute < 1 and sc.validation_overlap(cfg) == pytest.approx(brute, abs=1e-12)
 
 
 def test_p_star_reads_the_first_size_from_which_the_gap_stays_small():
@@ -210,3 +209,4 @@ def test_bad_pretraining_settings_raise(fields, match):
     if "init_from" in fields:                                   # root runs only
         with pytest.raises(ValueError, match="init_from must be None"):
             replace(config.tiny_runs()["tiny_mlm"], init_from="0" * 16)
+
