@@ -4,9 +4,10 @@ For every frozen run of the sample-complexity sweep (every P and seed), trains t
 encoder's features of that run's training sequences, stops it on the run's validation set and
 scores it on the run's test set against exact BP, on all test inputs and on those the encoder
 never saw in pre-training (lib.sample_complexity.pretraining_seen), and fits wider heads at the
-largest P; reads the encoder from the model store (never trains it). Fits already in the record are skipped, so an interrupted invocation resumes. The
-record names the code it ran, so run it from a clean checkout of a commit, for example a
-worktree, writing into the main checkout:
+largest P; reads the encoder from the model store (never trains it). Fits already in the
+record are skipped, so an interrupted invocation resumes. The record names the code it ran, so
+run it from a clean checkout of a commit, for example a worktree, writing into the main
+checkout:
 
     git worktree add /tmp/head_wt HEAD
     OMP_NUM_THREADS=1 PYTHONPATH=/tmp/head_wt python /tmp/head_wt/scripts/frozen_head.py \\
