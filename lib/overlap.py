@@ -52,7 +52,8 @@ def seen_in_stream(source: TrainConfig, n_steps: int, leaves: np.ndarray) -> np.
     return np.isin(run_data._codes(np.asarray(leaves), source.q), seen)
 
 
-def unseen_scores(cfg: TrainConfig, predicted: np.ndarray, seen: np.ndarray) -> dict:
+def unseen_scores(cfg: TrainConfig, predicted: np.ndarray, seen: np.ndarray,
+                  cache: dict | None = None) -> dict:
     """A model's and exact BP(k, k)'s accuracy on run ``cfg``'s test sequences of level
     ``k_train`` that are not marked ``seen``.
 
@@ -64,6 +65,9 @@ def unseen_scores(cfg: TrainConfig, predicted: np.ndarray, seen: np.ndarray) -> 
         The model's root for every test sequence.
     seen : array_like of bool, shape (n_test,)
         The sequences to leave out (e.g. :func:`seen_in_stream` of a pre-trained encoder).
+    cache : dict, optional
+        Filled in place with the unseen roots and BP's hits per test set and mask, so that
+        runs sharing them (a sweep's table) sample the test set and run BP once.
 
     Returns
     -------
@@ -76,10 +80,15 @@ def unseen_scores(cfg: TrainConfig, predicted: np.ndarray, seen: np.ndarray) -> 
             raise ValueError(f"{name} must have shape ({cfg.n_test},), got {a.shape}")
     if seen.dtype != bool or seen.all():
         raise ValueError("seen must be a boolean mask that leaves some sequences unseen")
-    M = run_data.grammar(cfg)
-    roots, leaves = run_data.test_sets(cfg, M)[cfg.k_train]
-    keep = ~seen
-    exact = bp.root_posterior(M, leaves[keep], cfg.k_train).argmax(-1)
-    return {"n_unseen": int(keep.sum()),
-            "accuracy_unseen": float((predicted[keep] == roots[keep]).mean()),
-            "bp_accuracy_unseen": float((exact == roots[keep]).mean())}
+    key = (cfg.q, cfg.depth, cfg.sigma, cfg.grammar_seed, cfg.test_seed, cfg.n_test,
+           cfg.k_train, seen.tobytes())
+    cache = {} if cache is None else cache
+    if key not in cache:
+        M = run_data.grammar(cfg)
+        roots, leaves = run_data.test_sets(cfg, M)[cfg.k_train]
+        exact = bp.root_posterior(M, leaves[~seen], cfg.k_train).argmax(-1)
+        cache[key] = roots[~seen], exact == roots[~seen]
+    roots, bp_hits = cache[key]
+    return {"n_unseen": len(roots),
+            "accuracy_unseen": float((predicted[~seen] == roots).mean()),
+            "bp_accuracy_unseen": float(bp_hits.mean())}

@@ -132,13 +132,13 @@ def table(sweep: dict[str, TrainConfig], root: Path = STORE,
     accuracy_unseen and bp_accuracy_unseen (`lib.overlap.unseen_scores`; the stored model is
     scored again). Runs not stored yet are left out (:func:`p_star` refuses an incomplete
     grid)."""
-    rows, references = [], {}
+    rows, references, unseen = [], {}, {}
     for name, cfg in sweep.items():
         if store.status(cfg, root) != "ok":
             continue
         final, meta = scored(cfg, root, references)
         if seen is not None and cfg.k_train == 0:
-            final |= overlap.unseen_scores(cfg, predicted_roots(cfg, root), seen)
+            final |= overlap.unseen_scores(cfg, predicted_roots(cfg, root), seen, unseen)
         rows.append({"task": label(name), "k": cfg.k_train, "P": cfg.n_train,
                      "seed": cfg.init_seed, **final, "best_step": meta["best_step"],
                      "stop_step": meta["stop_step"], "converged": meta["converged"],

@@ -69,6 +69,9 @@ def test_unseen_scores_leave_out_the_seen_sequences():
     P = exact.joint_root_leaves(M, cfg.depth, 0)                # BP by enumeration
     enumerated = exact.root_posterior(P, leaves[keep]).argmax(-1)
     assert out["bp_accuracy_unseen"] == pytest.approx((enumerated == roots[keep]).mean())
+    cache = {}                                  # a cache gives the same scores, twice
+    assert overlap.unseen_scores(cfg, predicted, seen, cache) == out
+    assert overlap.unseen_scores(cfg, predicted, seen, cache) == out and len(cache) == 1
     with pytest.raises(ValueError, match=r"predicted must have shape \(300,\)"):
         overlap.unseen_scores(cfg, predicted[:-1], seen)
     with pytest.raises(ValueError, match="seen must be a boolean mask"):
