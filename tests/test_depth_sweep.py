@@ -11,8 +11,10 @@ torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("profile", ["laptop", "paper"])
-def test_runs_change_only_the_layer_count_of_chapter_4s_runs(profile):
+def test_runs_change_the_layer_count_and_step_cap_of_chapter_4s_runs(profile):
     runs, chapter4 = depth_sweep.runs(profile), config.chapter4_runs(profile)
+    cap = depth_sweep.step_cap(profile)
+    assert cap == max(chapter4["root_k0"].n_steps, chapter4["mlm_k0"].n_steps)
     layers = range(1, 6)
     assert len(runs) == 2 * len(layers) * 3 and next(iter(runs)) == "root_k0_layers1"
     shared = 0
@@ -26,12 +28,14 @@ def test_runs_change_only_the_layer_count_of_chapter_4s_runs(profile):
                 if n == ch4.model.n_layers:          # chapter 4's own run, its store entry
                     assert cfg == ch4
                     shared += 1
-                else:                                # its recipe without chapter 5's checkpoints
+                else:              # its recipe, the larger cap, without chapter 5's checkpoints
                     assert cfg == replace(ch4, model=replace(ch4.model, n_layers=n),
-                                          checkpoints=())
+                                          checkpoints=(), n_steps=cap)
     assert shared == 2 * 3
     with pytest.raises(ValueError, match="profile must be one of"):
         depth_sweep.runs("desktop")
+    with pytest.raises(ValueError, match="profile must be one of"):
+        depth_sweep.step_cap("desktop")
 
 
 @pytest.fixture
