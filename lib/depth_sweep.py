@@ -9,8 +9,9 @@ uses, the run *is* chapter 4's (`lib.config.chapter4_runs`: the same configurati
 the model store), so the depth curve and chapter 4's gap table share those points.
 :func:`table` gathers the stored runs into one row each (``data/depth.csv``), the model and exact
 BP scored on the same held-out sequences (`lib.sample_complexity.scored`). The tree has
-``depth`` levels, and the paper's construction of BP inside an encoder needs that many layers
-(`lib.bp_transformer`); the sweep asks how the learned encoders fare with fewer and one more.
+``depth`` levels, and the paper's construction of BP inside an encoder, like the book's
+(`lib.bp_transformer`), uses that many layers: enough, not shown to be needed. The sweep asks
+how the learned encoders fare with fewer and one more.
 Introduced with the sample-complexity sweep.
 """
 from __future__ import annotations
