@@ -5,8 +5,8 @@ Every run of :func:`runs` is chapter 4's converged run of its task at ``k = 0``
 seeds) with the number of encoder layers changed and the step cap raised to :func:`step_cap`:
 at chapter 4's cap of 12,000 steps for the root, the one- and two-layer root runs were still
 improving (their validation loss fell to the last validation). At the layer count chapter 4
-uses, the run *is* chapter 4's (`lib.config.chapter4_runs`: the same configuration, hence the same entry of
-the model store), so the depth curve and chapter 4's gap table share those points.
+uses, the run *is* chapter 4's (`lib.config.chapter4_runs`: the same configuration, hence the
+same entry of the model store), so the depth curve and chapter 4's gap table share those points.
 :func:`table` gathers the stored runs into one row each (``data/depth.csv``), the model and exact
 BP scored on the same held-out sequences (`lib.sample_complexity.scored`). The tree has
 ``depth`` levels, and the paper's construction of BP inside an encoder, like the book's
